@@ -1,0 +1,1 @@
+"""banana.compiler: import, quantize, fuse, build and emit a denoiser for one phone SoC."""
