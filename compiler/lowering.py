@@ -1,0 +1,41 @@
+"""Relax lowering for LLVM targets (host x86, arm64): one pipeline, target-specific only in data.
+
+TVM's stock CPU pipeline legalises and fuses but schedules nothing; dlight's CPU rules give
+reductions and GEMVs a parallel, vectorised schedule without tuning. Tuning records (the tuning
+issue) slot in here, before the rules, so tuned kernels win and the rules cover the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import tvm
+
+logger = logging.getLogger(__name__)
+
+
+def llvm_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.s_tir import dlight
+
+    @tvm.transform.module_pass(opt_level=0, name="banana.llvm_pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            passes = (
+                cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)
+                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target)
+            )
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def compile_llvm(mod: tvm.IRModule, target_json: dict[str, Any]) -> tvm.runtime.Executable:
+    """Lower and build a Relax module for an LLVM target (the host or a cross target)."""
+    target = tvm.target.Target(target_json)
+    lowered = llvm_pipeline(target)(mod)
+    return tvm.compile(lowered, target=target, relax_pipeline=None)

@@ -1,0 +1,171 @@
+"""The one definition of banana's compile pipeline, used by the CLI, the Python API and tests.
+
+    import     ONNX file (or torch module, or a bundled reference) -> validated Relax + weights
+    quantize   (DQAT plan; not yet: models compile at their own precision)
+    fuse       (GQA attention -> banana.kernels; not yet)
+    build      the backend lowers, schedules and generates code for the SoC
+    emit       library + weights + manifest, written atomically
+    verify     optional: run the artifact here and compare with onnxruntime on the original model
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from banana.compiler.artifact import WEIGHTS, Artifact, finalize_manifest, save_weights, staged_directory
+from banana.compiler.frontend.importer import ImportedModel, import_onnx
+from banana.compiler.verify import VerifyReport, verify_artifact
+from banana.targets.backends import get_backend
+from banana.targets.soc import Soc
+
+logger = logging.getLogger(__name__)
+
+ZOO_PREFIX = "zoo:"
+
+
+@dataclass
+class CompileResult:
+    artifact_dir: Path
+    manifest: dict[str, Any]
+    timings_s: dict[str, float]
+    verify: VerifyReport | None = None
+
+
+@dataclass
+class _Timer:
+    timings: dict[str, float] = field(default_factory=dict)
+    on_stage: Callable[[str], None] | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.on_stage:
+            self.on_stage(name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        logger.info("stage %s: %.2f s", name, self.timings[name])
+
+
+def resolve_soc(soc: str | None, backend: str) -> Soc:
+    """The host backend always describes this machine; phone backends need a registry SoC."""
+    from banana.compiler.errors import BadConfigError
+    from banana.targets.host import host_soc
+    from banana.targets.soc import load_soc
+
+    if backend == "host":
+        return host_soc()
+    if not soc:
+        raise BadConfigError(f"--soc is required for backend '{backend}'")
+    return load_soc(soc)
+
+
+def resolve_model(model: str | Path, cache_dir: Path | None = None) -> tuple[Path, str | None]:
+    """A path, or ``zoo:NAME`` for a bundled reference denoiser (exported on first use)."""
+    text = str(model)
+    if text.startswith(ZOO_PREFIX):
+        from banana.compiler.zoo import reference_onnx
+
+        name = text[len(ZOO_PREFIX) :]
+        directory = cache_dir or default_cache_dir() / "zoo"
+        return reference_onnx(name, directory), name
+    return Path(model), None
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    env = os.environ.get("BANANA_CACHE")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo / ".cache"
+    return Path.home() / ".cache" / "banana"
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime", "numpy", "torch", "banana"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _manifest(model: ImportedModel, soc: Soc, backend: str, build: Any, reference: str | None,
+              timings: dict[str, float]) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "banana_version": tool_versions().get("banana", "0"),
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {
+            "path": str(model.source_path),
+            "sha256": model.sha256,
+            "format": "onnx",
+            "opset": model.opset,
+            "producer": model.producer,
+            "reference": reference,
+        },
+        "inputs": [spec.to_json() for spec in model.inputs],
+        "outputs": [spec.to_json() for spec in model.outputs],
+        "soc": {"id": soc.id, "name": soc.name},
+        "backend": backend,
+        "target": build.target,
+        "precision": "fp32",
+        "entry": {"function": "main", "calling_convention": "inputs then weights", "library": build.library},
+        "weights": {
+            "file": WEIGHTS,
+            "format": "tvm-param-dict",
+            "count": len(model.weights),
+            "bytes": model.weight_bytes,
+            "names": model.weight_names,
+        },
+        "tools": tool_versions(),
+        "run": {"executor": build.executor, **build.run},
+        "build": build.facts,
+        "timings_s": dict(timings),
+    }
+
+
+def compile_model(
+    model: str | Path,
+    *,
+    backend: str,
+    out: Path | str,
+    soc: str | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    verify: bool = False,
+    rtol: float = 1e-4,
+    on_stage: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Run the pipeline; ``out`` appears only if every stage (and verification, if asked) passes."""
+    timer = _Timer(on_stage=on_stage)
+    backend_impl = get_backend(backend)
+    target_soc = resolve_soc(soc, backend)
+    out = Path(out)
+    with timer.stage("import"):
+        path, reference = resolve_model(model)
+        imported = import_onnx(path, shapes)
+    with staged_directory(out) as staging:
+        with timer.stage("build"):
+            build = backend_impl.build(imported, target_soc, staging)
+        with timer.stage("emit"):
+            save_weights(imported.weights, staging / WEIGHTS)
+            manifest = _manifest(imported, target_soc, backend, build, reference, timer.timings)
+            manifest = finalize_manifest(staging, manifest)
+        report = None
+        if verify:
+            with timer.stage("verify"):
+                report = verify_artifact(Artifact.open(staging), rtol=rtol, model_path=path)
+                report.raise_on_failure()
+    return CompileResult(artifact_dir=out, manifest=manifest, timings_s=timer.timings, verify=report)

@@ -1,0 +1,155 @@
+"""Does the artifact compute what the original model computes?
+
+The reference is always onnxruntime running the *original* model file (checked against the
+sha256 recorded at compile time), never banana's own earlier output. Relative error is
+max|out - ref| / max|ref| per output: elementwise ratios explode near zero and say nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from banana.compiler.artifact import Artifact
+from banana.compiler.errors import ArtifactError, BadConfigError, VerificationError
+from banana.compiler.frontend.importer import TensorSpec
+from banana.compiler.frontend.onnx_loading import sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass
+class VerifyReport:
+    backend: str
+    executor: str
+    rtol: float
+    executed: bool
+    comparisons: list[OutputComparison] = field(default_factory=list)
+    run_s: float = 0.0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.comparisons)
+
+    def raise_on_failure(self) -> None:
+        bad = [c for c in self.comparisons if not c.ok]
+        if bad:
+            worst = max(bad, key=lambda c: c.max_rel)
+            raise VerificationError(
+                f"output '{worst.name}' differs from onnxruntime: max rel error {worst.max_rel:.3g} "
+                f"> {self.rtol:g} (max abs {worst.max_abs:.3g}) on backend {self.backend}"
+            )
+
+
+def random_inputs(specs: Sequence[TensorSpec], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if np.issubdtype(dtype, np.floating):
+            arrays.append(rng.standard_normal(spec.shape).astype(dtype))
+        elif dtype == np.bool_:
+            arrays.append(rng.integers(0, 2, spec.shape).astype(dtype))
+        else:
+            arrays.append(rng.integers(0, 8, spec.shape).astype(dtype))
+    return arrays
+
+
+def load_inputs(path: Path, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    """Inputs from an .npz keyed by input name; every name, shape and dtype must match."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise BadConfigError(f"{path}: cannot read inputs as .npz ({exc})") from None
+    result = []
+    for spec in specs:
+        if spec.name not in arrays:
+            raise BadConfigError(f"{path}: missing input '{spec.name}' (has: {', '.join(arrays) or 'none'})")
+        array = arrays[spec.name]
+        if tuple(array.shape) != spec.shape:
+            raise BadConfigError(f"{path}: input '{spec.name}' has shape {array.shape}, expected {spec.shape}")
+        if str(array.dtype) != spec.dtype:
+            raise BadConfigError(f"{path}: input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}")
+        result.append(array)
+    return result
+
+
+def onnxruntime_outputs(
+    model_path: Path, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return list(session.run(None, {spec.name: array for spec, array in zip(specs, inputs, strict=True)}))
+
+
+def compare(name: str, out: np.ndarray, ref: np.ndarray, rtol: float) -> OutputComparison:
+    if out.shape != ref.shape:
+        return OutputComparison(name, float("inf"), float("inf"), False)
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    finite = bool(np.all(np.isfinite(out)))
+    return OutputComparison(name, max_abs, max_rel, finite and max_rel <= rtol)
+
+
+def reference_model_path(artifact: Artifact, override: Path | None) -> Path:
+    path = Path(override) if override else Path(artifact.manifest["model"]["path"])
+    if not path.is_file():
+        raise ArtifactError(f"reference model {path} not found; pass --model PATH to the original model")
+    digest = sha256_file(path)
+    if digest != artifact.manifest["model"]["sha256"]:
+        raise ArtifactError(
+            f"{path}: sha256 {digest[:12]}… is not the model this artifact was compiled from "
+            f"({artifact.manifest['model']['sha256'][:12]}…)"
+        )
+    return path
+
+
+def verify_artifact(
+    artifact: Artifact,
+    *,
+    inputs: Sequence[np.ndarray] | None = None,
+    seed: int = 0,
+    rtol: float = 1e-4,
+    model_path: Path | None = None,
+) -> VerifyReport:
+    from banana.targets.backends import get_backend
+
+    executor = artifact.manifest["run"]["executor"]
+    report = VerifyReport(artifact.backend, executor, rtol, executed=executor != "none")
+    if executor == "none":
+        report.note = "this backend's code cannot execute on this machine: checksums verified only"
+        return report
+    specs = artifact.inputs
+    arrays = list(inputs) if inputs is not None else random_inputs(specs, seed)
+    reference = onnxruntime_outputs(reference_model_path(artifact, model_path), specs, arrays)
+    start = time.perf_counter()
+    outputs = get_backend(artifact.backend).run(artifact, arrays)
+    report.run_s = time.perf_counter() - start
+    out_specs = artifact.outputs
+    if len(outputs) != len(reference):
+        raise VerificationError(
+            f"artifact returned {len(outputs)} output(s), onnxruntime {len(reference)}"
+        )
+    for spec, out, ref in zip(out_specs, outputs, reference, strict=True):
+        report.comparisons.append(compare(spec.name, out, ref, rtol))
+    return report
