@@ -53,3 +53,13 @@ def mlp_external_onnx(tmp_path: Path) -> Path:
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="mlp.onnx.data", size_threshold=0)
     return path
+
+
+def relocate_external_data(model_path: Path, location: str) -> None:
+    """Point every external-data reference of a saved model at ``location`` (crafted-model tests)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(model_path))

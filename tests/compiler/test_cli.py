@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
 from onnx import helper
 
 from banana.compiler.cli import main
-from tests.conftest import make_mlp_model
+from tests.conftest import make_mlp_model, relocate_external_data
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -64,12 +63,7 @@ def test_missing_external_data(mlp_external_onnx: Path, tmp_path: Path, capsys: 
 
 
 def test_escaping_external_data(mlp_external_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = onnx.load(str(mlp_external_onnx), load_external_data=False)
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                entry.value = "../../etc/passwd"
-    onnx.save_model(model, str(mlp_external_onnx))
+    relocate_external_data(mlp_external_onnx, "../../etc/passwd")
     out = tmp_path / "out"
     code, _, err = _run(["compile", str(mlp_external_onnx), "--backend", "host", "-o", str(out)], capsys)
     _assert_clean_failure(code, err, out, "escapes the model folder")

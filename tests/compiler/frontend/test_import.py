@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from banana.compiler.errors import BadConfigError, BadModelError, UnsupportedOpError
 from banana.compiler.frontend import import_onnx, parse_shape_override
 from banana.compiler.frontend.op_support import find_unsupported_nodes
-from tests.conftest import make_mlp_model
+from tests.conftest import make_mlp_model, relocate_external_data
 
 
 def test_import_keeps_weights_outside_and_orders_inputs_first(mlp_onnx: Path) -> None:
@@ -73,12 +73,7 @@ def test_missing_external_data_file(mlp_external_onnx: Path) -> None:
 def test_external_data_escaping_folder_is_refused(tmp_path: Path, mlp_external_onnx: Path) -> None:
     outside = tmp_path / "secret.bin"
     shutil.copy(mlp_external_onnx.parent / "mlp.onnx.data", outside)
-    model = onnx.load(str(mlp_external_onnx), load_external_data=False)
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                entry.value = "../secret.bin"
-    onnx.save_model(model, str(mlp_external_onnx))
+    relocate_external_data(mlp_external_onnx, "../secret.bin")
     with pytest.raises(BadModelError, match="escapes the model folder"):
         import_onnx(mlp_external_onnx)
 
