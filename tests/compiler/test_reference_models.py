@@ -16,8 +16,23 @@ from banana.targets.hexagon import hvx_instruction_stats
 MODELS = ["zoo:nano-dit", "zoo:nano-unet"]
 
 
-@pytest.mark.parametrize("backend", ["host", "cpu"])
-@pytest.mark.parametrize("model", MODELS)
+def test_readme_main_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's main job: trained nano DiT -> verified arm64 artifact for SM8650."""
+    from banana.compiler.cli import main
+
+    out = tmp_path / "out" / "nano-dit-SM8650"
+    assert main(["compile", "zoo:nano-dit", "--soc", "SM8650", "--backend", "cpu", "-o", str(out), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert f"artifact: {out.resolve()}" in printed
+    assert "via qemu-aarch64" in printed and "  ok" in printed and "FAIL" not in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["soc"]["id"] == "SM8650" and manifest["target"]["mtriple"] == "aarch64-linux-gnu"
+
+
+@pytest.mark.parametrize(
+    ("model", "backend"),
+    [("zoo:nano-dit", "host"), ("zoo:nano-unet", "host"), ("zoo:nano-unet", "cpu")],
+)
 def test_reference_verifies_against_onnxruntime(model: str, backend: str, tmp_path: Path) -> None:
     result = compile_model(model, backend=backend, soc="SM8650", out=tmp_path / "a", verify=True)
     report = result.verify
