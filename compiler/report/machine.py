@@ -1,0 +1,200 @@
+"""What the cost model knows about one (SoC, backend): sourced peaks, DRAM bandwidth, and the
+stated constants that turn a loop nest's shape into time.
+
+Two kinds of number live here and are never mixed up:
+
+- **sourced** facts from the SoC registry (``targets/socs/*.toml``) or measured on the host
+  (``host_soc()``): peak ops/s per precision, DRAM bandwidth, clocks, core counts;
+- **stated constants** of this cost model (``CONSTANTS``), each with a nominal value, a low-high
+  range used for the prediction bounds, and its basis. Where Qualcomm publishes no peak (Adreno,
+  Hexagon) an **estimate range** is used, labelled as such, never presented as a fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from banana.targets.soc import Soc
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A cost-model constant: nominal value, bounds for the prediction range, and why."""
+
+    value: float
+    low: float
+    high: float
+    unit: str
+    basis: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "low": self.low, "high": self.high, "unit": self.unit, "basis": self.basis}
+
+
+# Constants of the CPU model for the code banana's LLVM backends emit today (dlight CPU rules:
+# outer spatial loops parallel, reductions serial and scalar; no register or cache tiling).
+CONSTANTS: dict[str, Constant] = {
+    "cycles_per_scalar_mac": Constant(
+        6.0, 4.0, 9.0, "cycles per reduction iteration per core",
+        "a scalar reduction is a chain of dependent FP adds (FMA latency 4 cycles on Skylake-class x86 and on "
+        "Cortex-X4/A720 per their optimisation guides, quoted from memory: low bound) plus a strided operand "
+        "load; nominal 6 = calibrated once on this host on the nano DiT (0.8 s of kernels), then held fixed and "
+        "checked on the other models (benchmarks/predict.py)"),
+    "cycles_per_scalar_mac_uncached": Constant(
+        14.0, 8.0, 24.0, "cycles per reduction iteration per core when the reduced operand exceeds the L2 cache",
+        "the strided operand then streams from L3/DRAM and each iteration waits on a miss that the prefetcher only "
+        "partly hides; nominal 14 = the small DiT's large matmuls on this host (shared machine: +-50 % noise), "
+        "phone value assumed equal (unverified)"),
+    "cycles_per_scalar_op": Constant(
+        1.0, 0.5, 2.0, "cycles per element-wise scalar op per core",
+        "independent scalar ops issue about 1-2 per cycle on these out-of-order cores; LLVM's loop vectoriser "
+        "lowers plain element-wise loops further (low bound)"),
+    "cycles_per_element_moved": Constant(
+        4.0, 2.0, 8.0, "cycles per stored element of a zero-op (copy/transpose) loop, one core",
+        "copies, transposes and padding are emitted as element loops (padding recomputed per output tile by the "
+        "dlight conv schedule, with a per-element bounds select that does not vectorise); a strided read costs an "
+        "L1 miss every few elements: 4 cycles nominal matches the transposes measured on this host"),
+    "vector_efficiency": Constant(
+        0.25, 0.1, 0.5, "fraction of SIMD peak",
+        "vectorised + parallel loop nests without register tiling: a load per FMA limits issue to about a "
+        "quarter to half of the FMA pipes"),
+    "parallel_launch_us": Constant(
+        8.0, 3.0, 20.0, "microseconds per parallel kernel call",
+        "TVM thread-pool fork/join per parallel loop; measured 5-15 us per call on this (shared, 2-core) host; "
+        "phone value assumed equal (unverified)"),
+    "serial_call_us": Constant(
+        1.5, 0.5, 4.0, "microseconds per serial kernel call",
+        "VM call instruction + packed-function dispatch; about 1-3 us measured on this host"),
+    "dram_efficiency": Constant(
+        0.8, 0.6, 0.9, "fraction of DRAM bandwidth",
+        "streaming kernels reach 60-90 % of the theoretical DRAM bandwidth on phones and PCs (STREAM-style); the "
+        "host's figure is itself a measured copy bandwidth"),
+    "tuned_compute_efficiency": Constant(
+        0.5, 0.3, 0.7, "fraction of peak compute",
+        "assumption for tuned GEMM/attention kernels (MetaSchedule / banana kernels); not yet validated here: "
+        "used only for the by-shape projections of large models"),
+}
+
+# Estimate ranges where the registry has no sourced peak (Qualcomm publishes none). op/s.
+PEAK_ESTIMATES: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("adreno", "fp32"): (1.5e12, 4.5e12, "estimate, unverified: third-party tables put Adreno 740-830 at roughly "
+                                         "2-4 TFLOPS fp32; not in the registry"),
+    ("adreno", "fp16"): (3.0e12, 9.0e12, "estimate, unverified: 2x the fp32 range (packed half ALUs)"),
+    ("adreno", "int8"): (3.0e12, 9.0e12, "estimate, unverified: no int8 dot product gain assumed over fp16"),
+    ("hexagon", "int8"): (0.5e12, 2.0e12, "estimate, unverified: HVX (not HMX) 4 contexts x 128-byte vrmpy "
+                                          "(~128 MAC/cycle each) at ~1-2 GHz; TVM emits HVX, not the tensor unit"),
+    ("hexagon", "fp16"): (0.25e12, 1.0e12, "estimate, unverified: half the HVX int8 range (qfloat)"),
+    ("hexagon", "fp32"): (0.12e12, 0.5e12, "estimate, unverified: a quarter of the HVX int8 range (qfloat)"),
+}
+
+
+PHONE_L2_BYTES = 512 * 1024
+"""Per-core L2 of Cortex-A720/A715 (the majority of big cores): 512 KB, Arm product pages quoted from memory
+(unverified); the prime core's larger L2 is ignored because parallel loops wait for the slowest core."""
+
+
+def _host_l2_bytes() -> int:
+    from pathlib import Path
+
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip()
+                scale = {"K": 1024, "M": 1024**2}.get(size[-1], 1)
+                return int(size.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            continue
+    return 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Peak ops/s: ``value`` when sourced, else ``low``..``high`` as a labelled estimate."""
+
+    value: float | None
+    low: float
+    high: float
+    source: str
+    kind: str  # "sourced" | "derived" | "estimate" | "unknown"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "low": self.low, "high": self.high, "source": self.source, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One SoC + backend as the cost model sees it."""
+
+    soc_id: str
+    soc_name: str
+    backend: str
+    kind: str  # "cpu" (structural model) | "accelerator" (roofline + launch only)
+    threads: int
+    parallel_ghz: float  # clock of the slowest core a statically partitioned loop waits for
+    serial_ghz: float  # clock of the fastest core
+    fp32_lanes: int
+    l2_bytes: int
+    peaks: dict[str, Peak]
+    dram_bytes_per_s: float
+    dram_source: str
+    constants: dict[str, Constant] = field(default_factory=lambda: dict(CONSTANTS))
+
+    def peak(self, precision: str) -> Peak:
+        key = "int8" if precision in ("int4", "int8") else precision
+        return self.peaks.get(key) or Peak(None, 0.0, 0.0, f"unknown: no peak for {self.backend}/{key}", "unknown")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "soc_id": self.soc_id, "soc_name": self.soc_name, "backend": self.backend, "kind": self.kind,
+            "threads": self.threads, "parallel_ghz": self.parallel_ghz, "serial_ghz": self.serial_ghz,
+            "fp32_lanes": self.fp32_lanes, "l2_bytes": self.l2_bytes,
+            "peaks": {k: v.to_json() for k, v in self.peaks.items()},
+            "dram_bytes_per_s": self.dram_bytes_per_s, "dram_source": self.dram_source,
+            "constants": {k: v.to_json() for k, v in self.constants.items()},
+        }
+
+
+def _peak_from_fact(soc: Soc, backend_key: str, precision: str) -> Peak | None:
+    fact = soc.peak.get((backend_key, precision))
+    if fact is None:
+        return None
+    value = float(fact.value)  # type: ignore[arg-type]
+    return Peak(value, value, value, fact.source, "sourced" if fact.verified else "derived")
+
+
+def machine_for(soc: Soc, backend: str) -> Machine:
+    """The cost-model view of ``soc`` for ``backend`` (host, cpu, adreno or hexagon)."""
+    peaks: dict[str, Peak] = {}
+    backend_key = "host" if soc.id == "host" else backend
+    for precision in ("fp32", "fp16", "int8"):
+        peak = _peak_from_fact(soc, backend_key, precision)
+        if peak is None and (backend, precision) in PEAK_ESTIMATES:
+            low, high, why = PEAK_ESTIMATES[(backend, precision)]
+            peak = Peak(None, low, high, why, "estimate")
+        if peak is not None:
+            peaks[precision] = peak
+    big = [c for c in soc.clusters if not c.efficiency] or list(soc.clusters)
+    threads = sum(c.count for c in big)
+    if soc.id == "host":
+        features = set(soc.cpu_features)
+        lanes = 16 if "avx512f" in features else 8 if {"avx", "avx2"} & features else 4
+        l2 = _host_l2_bytes()
+    else:
+        lanes = 4  # 128-bit NEON
+        l2 = PHONE_L2_BYTES
+    return Machine(
+        soc_id=soc.id,
+        soc_name=soc.name,
+        backend=backend,
+        kind="cpu" if backend in ("host", "cpu") else "accelerator",
+        threads=threads,
+        parallel_ghz=min(c.max_ghz for c in big),
+        serial_ghz=max(c.max_ghz for c in big),
+        fp32_lanes=lanes,
+        l2_bytes=l2,
+        peaks=peaks,
+        dram_bytes_per_s=soc.dram_bandwidth_bytes_per_s,
+        dram_source=str(soc.facts.get("memory.dram_bandwidth_bytes_per_s").source
+                        if "memory.dram_bandwidth_bytes_per_s" in soc.facts else "registry"),
+    )
