@@ -1,0 +1,88 @@
+"""Applying a tuning database in a build: tuned tasks take their record, the rest keep the rules.
+
+The pipeline opens the database for the build's SoC and backend with :func:`apply_tuning_database`;
+the LLVM lowering calls :func:`apply_active_records` between fusion and the default schedule rules
+and this module remembers which tasks were tuned and which were not, for the manifest and the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from banana.compiler.errors import BadConfigError
+from banana.tuning.database import META, TuningDatabase, database_dir
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE: contextvars.ContextVar[TuningApplied | None] = contextvars.ContextVar("banana_tuning", default=None)
+
+
+@dataclass
+class TuningApplied:
+    """What a build took from a tuning database; ``consulted`` is False if the backend never asked."""
+
+    database: str
+    soc: str
+    backend: str
+    records: int
+    tuned: list[str] = field(default_factory=list)
+    untuned: list[str] = field(default_factory=list)
+    consulted: bool = False
+    _memory_db: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"database": self.database, "records": self.records, "consulted": self.consulted,
+                "tuned_tasks": sorted(self.tuned), "untuned_tasks": sorted(self.untuned)}
+
+
+@contextlib.contextmanager
+def apply_tuning_database(root: Path | str | None, soc_id: str, backend: str) -> Iterator[TuningApplied | None]:
+    """Make the records of ``root/soc_id/backend`` available to builds inside the ``with``."""
+    if root is None:
+        yield None
+        return
+    root = Path(root)
+    if not root.is_dir():
+        raise BadConfigError(f"--tuning-db {root}: no such directory")
+    directory = database_dir(root, soc_id, backend)
+    if (directory / META).is_file():
+        db = TuningDatabase.open(root, soc_id, backend, create=False)
+        memory = db.pruned_memory_copy()
+        count = len(memory)
+    else:
+        logger.warning("%s: no records for SoC %s, backend %s: every task stays untuned", root, soc_id, backend)
+        memory, count = None, 0
+    applied = TuningApplied(str(directory), soc_id, backend, count, _memory_db=memory)
+    token = _ACTIVE.set(applied)
+    try:
+        yield applied
+    finally:
+        _ACTIVE.reset(token)
+
+
+def apply_active_records(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Replace fused PrimFuncs that have a record in the active database (no-op without one)."""
+    applied = _ACTIVE.get()
+    if applied is None:
+        return mod
+    applied.consulted = True
+    names = [gv.name_hint for gv, f in mod.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
+    if applied._memory_db is not None:
+        from tvm import relax
+
+        with target, applied._memory_db:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    for name in names:
+        func = mod[name]
+        (applied.tuned if func.attrs.get("tirx.is_scheduled", False) else applied.untuned).append(name)
+    logger.info("tuning records applied to %d of %d tasks", len(applied.tuned), len(names))
+    return mod
