@@ -65,7 +65,7 @@ def save_weights(weights: Sequence[np.ndarray], path: Path) -> int:
     """TVM's param-dict format: readable by the C++ runtime on the phone (runtime.LoadParams)."""
     import tvm
 
-    blob = tvm.runtime.save_param_dict({f"p{i}": tvm.runtime.tensor(np.ascontiguousarray(w))
+    blob = tvm.runtime.save_param_dict({f"p{i}": tvm.runtime.tensor(np.require(w, requirements="C"))
                                         for i, w in enumerate(weights)})
     path.write_bytes(blob)
     return len(blob)

@@ -38,6 +38,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         verify=args.verify,
         rtol=args.rtol,
         on_stage=_stage_printer,
+        tuning_db=args.tuning_db,
     )
     manifest = result.manifest
     total = sum(f["bytes"] for f in manifest["files"])
@@ -45,8 +46,66 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     print(f"  soc {manifest['soc']['id']} ({manifest['soc']['name']}), backend {manifest['backend']}, "
           f"{len(manifest['files'])} files, {total / 1e6:.2f} MB")
     print("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings_s.items()))
+    if result.tuning is not None:
+        t = result.tuning
+        if not t.consulted:
+            print(f"  tuning: backend {manifest['backend']} does not apply tuning records yet: all tasks untuned")
+        else:
+            print(f"  tuning: {len(t.tuned)} tasks from {t.database}, {len(t.untuned)} untuned (default rules)"
+                  + (f": {', '.join(sorted(t.untuned))}" if t.untuned else ""))
     if result.verify is not None:
         _print_verify(result.verify)
+    return 0
+
+
+class _TuneBar:
+    """Progress bar on stderr (trials done, best latency of the tuned tasks, ETA); one line per
+    update at a terminal, every tenth of the budget otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_decile = -1
+
+    def __call__(self, p: object) -> None:
+        from banana.tuning import TuneProgress
+
+        assert isinstance(p, TuneProgress)
+        total = max(p.trials_total, 1)
+        width = 30
+        filled = int(width * p.trials_done / total)
+        best = f"{p.best_latency_ms:.3f} ms" if p.best_latency_ms is not None else "-"
+        eta = f"{p.eta_s / 60:.1f} min" if p.eta_s is not None else "?"
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {p.trials_done}/{p.trials_total} trials, "
+                f"best {best}, ETA {eta}, rejected {p.rejected} {p.task[:40]}")
+        if self.tty:
+            print("\r" + line.ljust(120), end="", file=sys.stderr, flush=True)
+        elif 10 * p.trials_done // total != self.last_decile:
+            self.last_decile = 10 * p.trials_done // total
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from banana.compiler.frontend import parse_shape_override
+    from banana.tuning import tune_model
+
+    bar = _TuneBar()
+    try:
+        report = tune_model(args.model, backend=args.backend, soc=args.soc, trials=args.trials, runner=args.runner,
+                            db_root=args.db, shapes=dict(parse_shape_override(t) for t in args.shape),
+                            seed=args.seed, on_progress=bar)
+    finally:
+        bar.close()
+    print(f"tuning database: {report.database_dir.resolve()} (runner {report.runner})")
+    print(f"  {report.trials_run} trials stored, {report.rejected} rejected as wrong, {report.failed} failed, "
+          f"{report.elapsed_s:.0f} s ({report.trials_per_minute:.1f} trials/min)")
+    for t in report.tasks:
+        best = f"{t.best_ms:.4f} ms" if t.best_ms is not None else "-"
+        print(f"  {t.name[:60]:60} x{t.weight:<2} {t.trials_in_db:4}/{t.trials_planned:<4} best {best}")
+    print(f"  untuned (default rules): {len(report.untuned_tasks)} tasks")
     return 0
 
 
@@ -77,6 +136,45 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from banana.compiler.report import measure_host_artifact, repredict
+
+    measured = measure_host_artifact(args.artifact) if args.measure else None
+    out_dir = args.output or (args.artifact if args.soc is None else None)
+    report = repredict(args.artifact, args.soc, target_ms=args.target_ms, target_fps=args.target_fps,
+                       out_dir=None)
+    if measured is not None:
+        report["measured"] = measured
+    if out_dir is not None and out_dir == args.artifact:
+        out_dir = Path(args.artifact) / "reports"  # the artifact's own files stay checksummed
+    from banana.compiler.report import write_report
+
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_report(report, Path(out_dir))
+    lat = report["latency"]
+    print(f"report: {report['soc']['id']} ({report['soc']['name']}), backend {report['backend']} [PREDICTED]")
+    for key in ("per_step", "per_image"):
+        r = lat[key]
+        print(f"  {key}: {r['predicted_ms']:.3f} ms predicted (range {r['low_ms']:.3f}-{r['high_ms']:.3f}), "
+              f"physical bound {r['bound_ms']:.3f} ms")
+    if measured is not None:
+        print(f"  host MEASURED: {measured['latency_ms']:.3f} ms per call (median of {measured['repeats']})")
+    for name, t in report["targets"].items():
+        print(f"  {name}: physically possible {t['physically_possible']}, predicted feasible {t['predicted_feasible']}")
+    if args.dit_table:
+        for row in report["dit_projection"]["rows"]:
+            c = row.get("claims", {})
+            print(f"  {row['config']} {row['soc']:7} {row['backend']:8} {row['plan']} {row['resolution']:>4}: bound "
+                  f"{row['bound_ms_per_step']:.1f} ms/step, predicted "
+                  f"{row['predicted_ms_per_image'] or float('nan'):.0f} ms/image; 30fps@512 possible "
+                  f"{c.get('30fps_at_512_physically_possible')}, <500ms possible "
+                  f"{c.get('sub_500ms_physically_possible')}")
+    if out_dir is not None:
+        print(f"  written: {Path(out_dir).resolve()}/report.json, report.md, report.html")
+    return 0
+
+
 def _cmd_socs(args: argparse.Namespace) -> int:
     from banana.targets.soc import list_socs, load_soc
 
@@ -96,6 +194,28 @@ def _cmd_export_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from banana.compiler.quantize.api import quantize
+    from banana.compiler.quantize.dqat import DQATConfig
+
+    def progress(message: str) -> None:
+        print(f"[banana] {message}", file=sys.stderr, flush=True)
+
+    result = quantize(
+        args.model, args.output, steps=args.steps, seed=args.seed, plan=args.plan, backend=args.backend,
+        budget_bytes=args.budget_bytes, max_avg_bits=args.max_avg_bits, block=args.block, method=args.method,
+        calibration_seeds=range(1000, 1000 + args.calibration_seeds),
+        dqat=DQATConfig(iterations=args.iterations, seed=args.seed), on_progress=progress,
+    )
+    plan, size = result.plan, result.plan["size"]
+    print(f"quantized: {Path(result.out_dir).resolve()}")
+    print(f"  {len(plan['layers'])} layers, {size['avg_weight_bits']:.2f} bits/weight, {size['model_bytes']} bytes")
+    print(f"  PTQ  PSNR {result.ptq_fidelity.psnr_db:.2f} dB, SSIM {result.ptq_fidelity.ssim:.4f}")
+    print(f"  DQAT PSNR {result.fidelity.psnr_db:.2f} dB, SSIM {result.fidelity.ssim:.4f} "
+          f"({plan['steps']} steps, {len(plan['fidelity']['seeds'])} seeds)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from banana.targets.backends import backend_names
 
@@ -111,16 +231,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="static shape for a model input (repeatable)")
     p.add_argument("--verify", action="store_true", help="run the artifact and compare with onnxruntime")
-    p.add_argument("--rtol", type=float, default=1e-4, help="max relative error for --verify")
+    p.add_argument("--rtol", type=float, help="max relative error for --verify (default 1e-4; 1e-2 for QDQ models)")
+    p.add_argument("--tuning-db", type=Path, metavar="DB", help="apply records of `banana tune --db DB`")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("tune", help="autotune a model's tasks (MetaSchedule) into a tuning database")
+    p.add_argument("model", help="ONNX file, or zoo:NAME for a bundled reference")
+    p.add_argument("--soc", help="SoC id or alias (not needed for --backend host)")
+    p.add_argument("--backend", required=True, choices=backend_names())
+    p.add_argument("--trials", type=int, required=True, help="total trial budget over the model's tasks")
+    p.add_argument("--runner", default="local", help="local | predict | rpc://HOST:PORT/KEY (default local)")
+    p.add_argument("--db", type=Path, default=Path("tuning-db"), help="database root (default ./tuning-db)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("verify", help="check an artifact's checksums, run it and compare with onnxruntime")
     p.add_argument("artifact", type=Path)
     p.add_argument("--inputs", type=Path, help=".npz with one array per model input (default: seeded random)")
     p.add_argument("--model", type=Path, help="the original model, if it moved since compilation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, help="max relative error (default 1e-4; 1e-2 for QDQ models)")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("report", help="latency/memory/thermal report of an artifact (re-predict for another SoC)")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--soc", help="re-predict for this SoC without recompiling")
+    p.add_argument("--target-ms", type=float, help="judge a per-image latency target")
+    p.add_argument("--target-fps", type=float, help="judge a frame-rate target")
+    p.add_argument("--measure", action="store_true", help="host artifacts: measure latency here")
+    p.add_argument("--dit-table", action="store_true", help="print the by-shape DiT table (1.8b, INT8/INT4)")
+    p.add_argument("-o", "--output", type=Path, help="write report.json/.md/.html here")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("quantize", help="DQAT: quantize a denoiser to QDQ ONNX + plan.json (per-step scales)")
+    p.add_argument("model", help="zoo:NAME (a torch reference denoiser: zoo:nano-dit, ...)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output directory (replaced atomically)")
+    p.add_argument("--steps", type=int, default=4, help="sampling steps the model ships with (1-8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plan", default="search", help="search (mixed precision) or w8a8, w4a8, w8a16, w4a16, ...")
+    p.add_argument("--backend", choices=["host", "cpu", "adreno", "hexagon"], help="restrict to what it runs")
+    p.add_argument("--budget-bytes", type=int, help="search: model bytes + conversion bytes budget")
+    p.add_argument("--max-avg-bits", type=float, help="search: max average bits per weight")
+    p.add_argument("--block", type=int, default=0, help="INT4 block size (0 = per channel)")
+    p.add_argument("--method", default="mse", choices=["minmax", "percentile", "mse"], help="PTQ range init")
+    p.add_argument("--iterations", type=int, default=300, help="DQAT iterations")
+    p.add_argument("--calibration-seeds", type=int, default=64, help="number of calibration seeds")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("socs", help="list the SoCs in the registry")
     p.set_defaults(func=_cmd_socs)

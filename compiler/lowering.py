@@ -25,6 +25,7 @@ def llvm_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             passes = (
                 cpu_generic.library_dispatch_passes(target)
                 + cpu_generic.legalize_passes(target)
+                + [_apply_tuning_records(target)]  # tuned tasks first; the rules below skip them
                 + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
@@ -32,6 +33,18 @@ def llvm_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def _apply_tuning_records(target: tvm.target.Target) -> tvm.transform.Pass:
+    """Records of the tuning database the pipeline opened (``--tuning-db``); a no-op without one."""
+
+    @tvm.transform.module_pass(opt_level=0, name="banana.apply_tuning_records")
+    def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from banana.tuning.apply import apply_active_records
+
+        return apply_active_records(mod, target)
+
+    return _apply
 
 
 def compile_llvm(mod: tvm.IRModule, target_json: dict[str, Any]) -> tvm.runtime.Executable:

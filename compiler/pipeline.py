@@ -1,9 +1,11 @@
 """The one definition of banana's compile pipeline, used by the CLI, the Python API and tests.
 
     import     ONNX file (or torch module, or a bundled reference) -> validated Relax + weights
-    quantize   (DQAT plan; not yet: models compile at their own precision)
-    fuse       (GQA attention -> banana.kernels; not yet)
+    quantize   separate command (banana.compiler.quantize.api.quantize / `banana quantize`): DQAT ->
+               QDQ ONNX + plan.json; compile takes its QDQ graphs (legalised to float math today)
+    fuse       GQA/MHA attention -> one call of banana.kernels' fused kernel per site (every backend)
     build      the backend lowers, schedules and generates code for the SoC
+    report     predicted latency (roofline per kernel), memory, thermal: report.json/.md/.html
     emit       library + weights + manifest, written atomically
     verify     optional: run the artifact here and compare with onnxruntime on the original model
 """
@@ -38,6 +40,7 @@ class CompileResult:
     manifest: dict[str, Any]
     timings_s: dict[str, float]
     verify: VerifyReport | None = None
+    tuning: Any = None  # banana.tuning.TuningApplied when compiled with a tuning database
 
 
 @dataclass
@@ -68,8 +71,39 @@ def resolve_soc(soc: str | None, backend: str) -> Soc:
     return load_soc(soc)
 
 
-def resolve_model(model: str | Path, cache_dir: Path | None = None) -> tuple[Path, str | None]:
-    """A path, or ``zoo:NAME`` for a bundled reference denoiser (exported on first use)."""
+def export_torch_module(module: Any, example_inputs: dict[str, Any] | None, cache_dir: Path | None = None) -> Path:
+    """A torch module goes through banana's exporter into a content-addressed cache file.
+
+    The ONNX file outlives the compile so ``banana verify`` can later rerun onnxruntime on it.
+    """
+    import shutil
+    import tempfile
+
+    from banana.compiler.errors import BadConfigError
+    from banana.compiler.frontend.onnx_loading import sha256_file
+    from banana.compiler.zoo import export_onnx
+
+    if not example_inputs:
+        raise BadConfigError("a torch module needs example_inputs (name -> array) to fix its input shapes")
+    root = (cache_dir or default_cache_dir()) / "torch"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    try:
+        exported = export_onnx(module, example_inputs, staging / "model.onnx", input_names=tuple(example_inputs))
+        final = root / sha256_file(exported)[:16]
+        if not final.exists():
+            staging.rename(final)
+        return final / "model.onnx"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_model(
+    model: Any, cache_dir: Path | None = None, example_inputs: dict[str, Any] | None = None
+) -> tuple[Path, str | None]:
+    """A path, ``zoo:NAME`` for a bundled reference denoiser, or a torch module (exported first)."""
+    if not isinstance(model, str | Path):
+        return export_torch_module(model, example_inputs, cache_dir), None
     text = str(model)
     if text.startswith(ZOO_PREFIX):
         from banana.compiler.zoo import reference_onnx
@@ -138,34 +172,58 @@ def _manifest(model: ImportedModel, soc: Soc, backend: str, build: Any, referenc
 
 
 def compile_model(
-    model: str | Path,
+    model: str | Path | Any,
     *,
     backend: str,
     out: Path | str,
     soc: str | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     verify: bool = False,
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     on_stage: Callable[[str], None] | None = None,
+    tuning_db: Path | str | None = None,
+    example_inputs: dict[str, Any] | None = None,
 ) -> CompileResult:
-    """Run the pipeline; ``out`` appears only if every stage (and verification, if asked) passes."""
+    """Run the pipeline; ``out`` appears only if every stage (and verification, if asked) passes.
+
+    ``model``: an ONNX path, ``zoo:NAME``, or a ``torch.nn.Module`` together with ``example_inputs``.
+
+    ``tuning_db``: a ``banana tune`` database root; its records for this SoC and backend replace
+    the default schedules of the tasks they cover (the manifest lists tuned and untuned tasks).
+    """
+    from banana.tuning.apply import apply_tuning_database
+
     timer = _Timer(on_stage=on_stage)
     backend_impl = get_backend(backend)
     target_soc = resolve_soc(soc, backend)
     out = Path(out)
     with timer.stage("import"):
-        path, reference = resolve_model(model)
+        path, reference = resolve_model(model, example_inputs=example_inputs)
         imported = import_onnx(path, shapes)
+    with timer.stage("fuse"):
+        from banana.compiler.passes.stage import fuse_stage
+
+        fusion = fuse_stage(imported.mod, backend, backend_impl.target(target_soc),
+                            params=dict(zip(imported.weight_names, imported.weights, strict=True)))
+        imported.mod = fusion.mod
     with staged_directory(out) as staging:
-        with timer.stage("build"):
+        with timer.stage("build"), apply_tuning_database(tuning_db, target_soc.id, backend) as tuning:
             build = backend_impl.build(imported, target_soc, staging)
+        with timer.stage("report"):  # predicted latency/memory/thermal; checksummed with the rest
+            from banana.compiler.report import report_stage
+
+            report_stage(imported, target_soc, backend, build.target, staging, reference=reference)
         with timer.stage("emit"):
             save_weights(imported.weights, staging / WEIGHTS)
             manifest = _manifest(imported, target_soc, backend, build, reference, timer.timings)
+            manifest["attention"] = fusion.to_json()
+            if tuning is not None:
+                manifest["tuning"] = tuning.to_json()
             manifest = finalize_manifest(staging, manifest)
         report = None
         if verify:
             with timer.stage("verify"):
                 report = verify_artifact(Artifact.open(staging), rtol=rtol, model_path=path)
                 report.raise_on_failure()
-    return CompileResult(artifact_dir=out, manifest=manifest, timings_s=timer.timings, verify=report)
+    return CompileResult(artifact_dir=out, manifest=manifest, timings_s=timer.timings, verify=report,
+                         tuning=tuning)

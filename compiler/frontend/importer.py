@@ -124,6 +124,12 @@ def import_onnx(path: Path | str, shape_overrides: dict[str, tuple[int, ...]] | 
     path = Path(path)
     source = str(path)
     model, digest = load_onnx(path)
+    # Standard ONNX Attention (opset 23+, misread by TVM 0.27) and onnxruntime's GroupQueryAttention
+    # become the decomposed form that the fuse stage turns into banana's kernel; what cannot be
+    # rewritten stays and is reported by the op check below.
+    from banana.compiler.passes.onnx_attention import decompose_attention_ops
+
+    model, _ = decompose_attention_ops(model)
     check_supported(model, source)
     check_graph(path)
     shapes = resolve_input_shapes(model, shape_overrides or {}, source)
@@ -187,7 +193,9 @@ def import_torch(
     from banana.compiler.zoo.export import export_onnx
 
     directory = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="banana-torch-"))
-    path = export_onnx(module, example_inputs, directory / "model.onnx", opset=opset, dynamo=dynamo)
+    path = export_onnx(
+        module, example_inputs, directory / "model.onnx", opset=opset, dynamo=dynamo, input_names=tuple(example_inputs)
+    )
     return import_onnx(path)
 
 

@@ -23,7 +23,7 @@ _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 # Ops TVM converts but gets wrong: reason shown to the user.
 _KNOWN_BROKEN = {
     # TVM 0.27 reads the standard opset-23 Attention as Microsoft's (KeyError: 'num_heads').
-    ("", "Attention"): "standard ONNX Attention (opset 23+) is misread by TVM 0.27's importer",
+    ("", "Attention"): "ONNX Attention with features banana cannot rewrite (KV cache, softcap); TVM 0.27 misreads it",
 }
 
 

@@ -122,35 +122,46 @@ def _vectorize_scalar_axes(model: onnx.ModelProto) -> None:
         model.graph.value_info.remove(vi)
 
 
-def _check_static(model: onnx.ModelProto, path: Path) -> None:
+def _check_static(model: onnx.ModelProto, path: Path, input_names: tuple[str, ...]) -> None:
     names = [i.name for i in model.graph.input]
-    if tuple(names) != INPUT_NAMES:
-        raise BadModelError(f"{path}: exported inputs {names}; expected {list(INPUT_NAMES)}")
+    if tuple(names) != input_names:
+        raise BadModelError(f"{path}: exported inputs {names}; expected {list(input_names)}")
     for vi in list(model.graph.input) + list(model.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if not dims or any(not d.HasField("dim_value") for d in dims):
             raise BadModelError(f"{path}: graph value {vi.name!r} does not have a static shape")
 
 
-def _export_dynamo(model: torch.nn.Module, args: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
+def _export_dynamo(
+    model: torch.nn.Module, args: tuple[torch.Tensor, ...], opset: int, names: tuple[str, ...]
+) -> onnx.ModelProto:
     prog = torch.onnx.export(
-        model, args, dynamo=True, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+        model, args, dynamo=True, input_names=list(names), output_names=[OUTPUT_NAME],
         opset_version=opset, optimize=True, external_data=False, verify=False, report=False,
     )
     return prog.model_proto
 
 
-def _export_torchscript(model: torch.nn.Module, args: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
+def _export_torchscript(
+    model: torch.nn.Module, args: tuple[torch.Tensor, ...], opset: int, names: tuple[str, ...]
+) -> onnx.ModelProto:
     import onnxscript.optimizer
 
     buf = io.BytesIO()
     torch.onnx.export(
-        model, args, buf, dynamo=False, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+        model, args, buf, dynamo=False, input_names=list(names), output_names=[OUTPUT_NAME],
         opset_version=opset, do_constant_folding=True,
     )
     proto = onnx.load_from_string(buf.getvalue())
     # TorchScript leaves Shape->Gather->Concat->Reshape chains with unknown shapes: fold them.
     return onnxscript.optimizer.optimize(proto)
+
+
+def _as_input_array(value: np.ndarray) -> np.ndarray:
+    """Floats are exported as float32 (the denoisers' contract); integer inputs keep their type."""
+    array = np.asarray(value)
+    dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def export_onnx(
@@ -162,26 +173,30 @@ def export_onnx(
     dynamo: bool = True,
     external_data: bool = False,
     metadata: dict[str, str] | None = None,
+    input_names: tuple[str, ...] = INPUT_NAMES,
 ) -> Path:
     """Export ``model(latent, timestep, text)`` at the static shapes of ``inputs``; returns ``path``.
 
     ``external_data=True`` puts every tensor into ``<name>.onnx.data`` beside the model (one file,
     relative location). Both files are written to a temp dir beside ``path`` and renamed into
     place (data first), so a reader never sees a half-written model. ``metadata`` lands in the
-    model's ``metadata_props``.
+    model's ``metadata_props``. ``input_names``: the module's positional inputs, in order (the
+    denoiser convention by default; the pipeline passes a general module's own names).
     """
     path = Path(path)
-    missing = [k for k in INPUT_NAMES if k not in inputs]
+    input_names = tuple(input_names)
+    missing = [k for k in input_names if k not in inputs]
     if missing:
-        raise BadConfigError(f"export_onnx inputs lack {missing}; expected keys {list(INPUT_NAMES)}")
+        raise BadConfigError(f"export_onnx inputs lack {missing}; expected keys {list(input_names)}")
     if opset >= 23:
         raise BadConfigError(f"export_onnx opset={opset}: opset >= 23 emits Attention, which TVM 0.27 misreads")
-    args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[k], dtype=np.float32)) for k in INPUT_NAMES)
+    args = tuple(torch.from_numpy(_as_input_array(inputs[k])) for k in input_names)
     model = model.eval()
     exporter = "dynamo" if dynamo else "torchscript"
     try:
         with torch.no_grad():
-            proto = _export_dynamo(model, args, opset) if dynamo else _export_torchscript(model, args, opset)
+            export = _export_dynamo if dynamo else _export_torchscript
+            proto = export(model, args, opset, input_names)
     except Exception as e:  # exporter internals: report one line naming the file and exporter
         msg = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
         raise BadModelError(f"{path}: torch {exporter} ONNX export failed: {msg}") from e
@@ -189,7 +204,7 @@ def export_onnx(
     _rename_output(proto, OUTPUT_NAME)
     _vectorize_scalar_axes(proto)
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    _check_static(proto, path)
+    _check_static(proto, path, input_names)
     for k, v in sorted((metadata or {}).items()):
         proto.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(proto)

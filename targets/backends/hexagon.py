@@ -44,4 +44,6 @@ class HexagonBackend:
         return BuildOutput(target=target, library=result.so_path.name, executor="none", facts=facts)
 
     def run(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        raise VerificationError("hexagon artifacts cannot execute on this machine (no DSP; qemu-hexagon lacks HVX float)")
+        raise VerificationError(
+            "hexagon artifacts cannot execute on this machine (no DSP; qemu-hexagon lacks HVX float)"
+        )

@@ -42,7 +42,8 @@ def run_in_process(artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.
 
     library = artifact.path(artifact.manifest["entry"]["library"])
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*inputs, *artifact.load_weights()]]
+    # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).
+    args = [tvm.runtime.tensor(np.require(a, requirements="C")) for a in [*inputs, *artifact.load_weights()]]
     result = vm[artifact.manifest["entry"]["function"]](*args)
     return flatten_outputs(result)
 

@@ -34,7 +34,8 @@ def test_manifest_describes_the_build(host_artifact: tuple[Path, Path]) -> None:
     assert manifest["inputs"] == [{"name": "x", "shape": [2, 8, 16], "dtype": "float32"}]
     assert manifest["outputs"][0]["shape"] == [2, 8, 32]
     assert manifest["model"]["path"] == str(model.resolve())
-    assert {f["path"] for f in manifest["files"]} == {"model.so", "weights.params"}
+    assert {f["path"] for f in manifest["files"]} == {"model.so", "weights.params", "report.json", "report.md",
+                                                      "report.html"}
     assert manifest["target"]["kind"] == "llvm"
     assert "apache-tvm" in manifest["tools"]
 
@@ -82,3 +83,17 @@ def test_compare_uses_scale_of_reference() -> None:
     assert compare("y", ref + 0.005, ref, 1e-4).ok
     assert not compare("y", ref + 0.02, ref, 1e-4).ok
     assert not compare("y", np.array([np.nan, 0, 0], dtype=np.float32), ref, 1e-4).ok
+
+
+def test_verify_with_given_inputs_and_bad_npz(host_artifact: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    _, out = host_artifact
+    good = tmp_path / "in.npz"
+    np.savez(good, x=np.ones((2, 8, 16), dtype=np.float32))
+    assert main(["verify", str(out), "--inputs", str(good)]) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.ones((2, 8), dtype=np.float32))
+    assert main(["verify", str(out), "--inputs", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "input 'x' has shape (2, 8), expected (2, 8, 16)" in err[0]
