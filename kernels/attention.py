@@ -134,16 +134,23 @@ def _exp(x: Any) -> Any:
     return T.Select(x < T.float32(-87.0), T.float32(0.0), p * two_n)
 
 
+def tile_geometry(spec: AttentionSpec, tile_q: int, tile_kv: int) -> tuple[int, ...]:
+    """Shapes every attention kernel needs: B, HQ, HKV, LQ, LKV, D, group, q tiles, kv tiles, rows per task.
+
+    One task owns all ``group`` query heads of a KV head for ``tile_q`` queries, hence rows = group * tile_q.
+    """
+    q_tiles = (spec.q_len + tile_q - 1) // tile_q
+    kv_tiles = (spec.kv_len + tile_kv - 1) // tile_kv
+    return (spec.batch, spec.q_heads, spec.kv_heads, spec.q_len, spec.kv_len, spec.head_dim, spec.group,
+            q_tiles, kv_tiles, spec.group * tile_q)
+
+
 def attention_primfunc(spec: AttentionSpec, knobs: AttentionKnobs | None = None) -> tvm.tirx.PrimFunc:
     """The scheduled fused-attention PrimFunc for ``spec`` (static shapes baked in)."""
     spec.validate()
     knobs = knobs or default_knobs(spec)
-    B, HQ, HKV, LQ, LKV, D = spec.batch, spec.q_heads, spec.kv_heads, spec.q_len, spec.kv_len, spec.head_dim
-    G = spec.group
     TQ, TK = knobs.tile_q, knobs.tile_kv
-    NQT = (LQ + TQ - 1) // TQ
-    NKT = (LKV + TK - 1) // TK
-    R = G * TQ
+    B, HQ, HKV, LQ, LKV, D, G, NQT, NKT, R = tile_geometry(spec, TQ, TK)
     LANES = _LANES
     if TK % LANES:
         from banana.compiler.errors import BadConfigError

@@ -17,7 +17,7 @@ from typing import Any
 import tvm
 from tvm.script import tirx as T
 
-from banana.kernels.attention import _NEG_MAX, AttentionSpec
+from banana.kernels.attention import _NEG_MAX, AttentionSpec, tile_geometry
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,8 @@ def attention_primfunc_gpu(spec: AttentionSpec, knobs: GpuAttentionKnobs | None 
     """The scheduled (thread-bound) fused-attention PrimFunc for ``spec`` on an OpenCL target."""
     spec.validate()
     knobs = knobs or default_gpu_knobs(spec)
-    B, HQ, HKV, LQ, LKV, D = spec.batch, spec.q_heads, spec.kv_heads, spec.q_len, spec.kv_len, spec.head_dim
-    G = spec.group
     TQ, TK = knobs.tile_q, knobs.tile_kv
-    NQT = (LQ + TQ - 1) // TQ
-    NKT = (LKV + TK - 1) // TK
-    R = G * TQ
+    B, HQ, HKV, LQ, LKV, D, G, NQT, NKT, R = tile_geometry(spec, TQ, TK)
     LOADS = (TK * D + R - 1) // R
     dtype = spec.dtype
     scale = float(spec.scale)
