@@ -4,7 +4,8 @@
     quantize   separate command (banana.compiler.quantize.api.quantize / `banana quantize`): DQAT ->
                QDQ ONNX + plan.json; compile takes its QDQ graphs (legalised to float math today)
     fuse       GQA/MHA attention -> one call of banana.kernels' fused kernel per site (every backend)
-    build      the backend lowers, schedules and generates code for the SoC
+    build      the backend lowers, schedules (tuning records from `banana tune` first, if given)
+               and generates code for the SoC
     report     predicted latency (roofline per kernel), memory, thermal: report.json/.md/.html
     emit       library + weights + manifest, written atomically
     verify     optional: run the artifact here and compare with onnxruntime on the original model
