@@ -124,7 +124,8 @@ def gpu_kernel(spec: AttentionSpec, num_cores: int) -> tuple[Any, dict[str, int]
 
 
 def _emit_site(builder: relax.BlockBuilder, match: Match, remap: Any, name: str, num_cores: int,
-               kernel: KernelFactory) -> tuple[relax.Expr, AttentionSite]:
+               kernel: KernelFactory,
+               kernels: dict[AttentionSpec, tuple[Any, dict[str, int]]]) -> tuple[relax.Expr, AttentionSite]:
     """Emit the prologue (layout fixes) and the call_tir; returns (value for match.out, record)."""
     q = remap(match.q)
     k = remap(match.k.base)
@@ -155,10 +156,11 @@ def _emit_site(builder: relax.BlockBuilder, match: Match, remap: Any, name: str,
         batch=batch, q_heads=q_heads, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len, head_dim=head_dim,
         scale=match.scale, head_map=match.k.head_map, causal=match.causal, mask_shape=mask_shape, dtype=match.dtype,
     )
-    func, chosen = kernel(spec, num_cores)
-    symbol = f"banana_attention_{name}"
-    func = func.with_attr("global_symbol", symbol)
-    gvar = builder.add_func(func, symbol)
+    if spec not in kernels:  # sites with the same shapes share one kernel: less code, one LLVM build
+        func, chosen = kernel(spec, num_cores)
+        symbol = f"banana_attention_{name}"
+        kernels[spec] = (builder.add_func(func.with_attr("global_symbol", symbol), symbol), chosen)
+    gvar, chosen = kernels[spec]
     out_ty = relax.TensorType([batch, q_heads, q_len, head_dim], match.dtype)
     value: relax.Expr = relax.call_tir(gvar, [q, k, v, mask], out_ty)
     if match.rank == 3:
@@ -188,6 +190,7 @@ class _Rewriter(relax.PyExprMutator):
         self.num_cores = num_cores
         self.kernel = kernel
         self.sites: list[AttentionSite] = []
+        self.kernels: dict[AttentionSpec, tuple[Any, dict[str, int]]] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         match = self.matches.get(binding.var)
@@ -195,7 +198,8 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         name = f"{len(self.sites)}_{binding.var.name}"
-        value, site = _emit_site(self.builder_, match, self.visit_expr, name, self.num_cores, self.kernel)
+        value, site = _emit_site(self.builder_, match, self.visit_expr, name, self.num_cores, self.kernel,
+                                 self.kernels)
         self.sites.append(site)
         value = self.builder_.normalize(value)
         if isinstance(binding.var, relax.DataflowVar):

@@ -264,6 +264,8 @@ def test_zoo_nano_dit_uses_the_fused_kernel_everywhere(tmp_path: Path) -> None:
     # 4 blocks x (self-attention + cross-attention to text tokens), all GQA 8 q / 2 kv heads.
     assert attention["fused"] == 8 and attention["unfused"] == 0
     assert sorted({(s["q_len"], s["kv_len"]) for s in attention["sites"]}) == [(16, 4), (16, 16)]
+    # Sites with equal shapes share one kernel: one self-attention and one cross-attention PrimFunc.
+    assert len({s["kernel"] for s in attention["sites"]}) == 2
 
 
 def test_adreno_fused_kernel_matches_on_pocl(tmp_path: Path) -> None:
