@@ -134,6 +134,26 @@ def _exp(x: Any) -> Any:
     return T.Select(x < T.float32(-87.0), T.float32(0.0), p * two_n)
 
 
+def head_and_mask_readers(spec: AttentionSpec) -> tuple[Any, Any]:
+    """TIR helpers shared by the CPU and GPU kernels: query head of (kv head, group member), and
+    the additive mask value at (b, h, i, j) with size-1 mask axes broadcast (key-padding masks stay
+    [.., 1, Lkv]: no L x L copy)."""
+    G, HKV = spec.group, spec.kv_heads
+    interleave = spec.head_map == "interleave"
+    has_mask = spec.mask_shape is not None
+    BM, HM, MQ, MK = spec.mask_shape if has_mask else (1, 1, 1, 1)
+
+    def head_of(kvh: Any, g: Any) -> Any:
+        return kvh * G + g if interleave else g * HKV + kvh
+
+    def mask_value(b: Any, h: Any, i: Any, j: Any, mask: Any) -> Any:
+        if not has_mask:
+            return T.float32(0.0)
+        return T.Cast("float32", mask[b if BM > 1 else 0, h if HM > 1 else 0, i if MQ > 1 else 0, j if MK > 1 else 0])
+
+    return head_of, mask_value
+
+
 def tile_geometry(spec: AttentionSpec, tile_q: int, tile_kv: int) -> tuple[int, ...]:
     """Shapes every attention kernel needs: B, HQ, HKV, LQ, LKV, D, group, q tiles, kv tiles, rows per task.
 
@@ -158,19 +178,10 @@ def attention_primfunc(spec: AttentionSpec, knobs: AttentionKnobs | None = None)
         raise BadConfigError(f"AttentionKnobs.tile_kv={TK} is not a multiple of {LANES}")
     dtype = spec.dtype
     scale = float(spec.scale)
-    interleave = spec.head_map == "interleave"
     causal = bool(spec.causal)
     has_mask = spec.mask_shape is not None
-    BM, HM, MQ, MK = spec.mask_shape if has_mask else (1, 1, 1, 1)
 
-    def head_of(kvh: Any, g: Any) -> Any:
-        return kvh * G + g if interleave else g * HKV + kvh
-
-    def mask_value(b: Any, h: Any, i: Any, j: Any, mask: Any) -> Any:
-        if not has_mask:
-            return T.float32(0.0)
-        # Size-1 mask axes broadcast (key-padding masks stay [.., 1, Lkv]: no L x L copy).
-        return T.Cast("float32", mask[b if BM > 1 else 0, h if HM > 1 else 0, i if MQ > 1 else 0, j if MK > 1 else 0])
+    head_of, mask_value = head_and_mask_readers(spec)
 
     def q_row(qt: Any, r: Any) -> Any:
         """Clamped query row of tile row ``r`` (tail rows recompute the last row, never stored)."""

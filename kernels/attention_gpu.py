@@ -17,7 +17,7 @@ from typing import Any
 import tvm
 from tvm.script import tirx as T
 
-from banana.kernels.attention import _NEG_MAX, AttentionSpec, tile_geometry
+from banana.kernels.attention import _NEG_MAX, AttentionSpec, head_and_mask_readers, tile_geometry
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,11 @@ def attention_primfunc_gpu(spec: AttentionSpec, knobs: GpuAttentionKnobs | None 
     LOADS = (TK * D + R - 1) // R
     dtype = spec.dtype
     scale = float(spec.scale)
-    interleave = spec.head_map == "interleave"
     causal = bool(spec.causal)
     has_mask = spec.mask_shape is not None
-    BM, HM, MQ, MK = spec.mask_shape if has_mask else (1, 1, 1, 1)
     mask_shape = list(spec.mask_shape) if has_mask else [1, 1, 1, 1]
 
-    def head_of(kvh: Any, g: Any) -> Any:
-        return kvh * G + g if interleave else g * HKV + kvh
-
-    def mask_value(b: Any, h: Any, i: Any, j: Any, mask: Any) -> Any:
-        if not has_mask:
-            return T.float32(0.0)
-        return T.Cast("float32", mask[b if BM > 1 else 0, h if HM > 1 else 0, i if MQ > 1 else 0, j if MK > 1 else 0])
+    head_of, mask_value = head_and_mask_readers(spec)
 
     def valid(j: Any, i: Any) -> Any:
         ok = j < LKV

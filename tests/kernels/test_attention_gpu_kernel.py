@@ -9,19 +9,7 @@ from tvm import relax
 
 from banana.kernels.attention import AttentionSpec
 from banana.kernels.attention_gpu import GpuAttentionKnobs, attention_primfunc_gpu
-
-
-def _reference(q, k, v, spec: AttentionSpec, mask):
-    rep = np.repeat if spec.head_map == "interleave" else (lambda x, n, axis: np.tile(x, (1, n, 1, 1)))
-    kr, vr = rep(k, spec.group, axis=1), rep(v, spec.group, axis=1)
-    s = (q.astype(np.float64) @ kr.transpose(0, 1, 3, 2).astype(np.float64)) * spec.scale
-    if mask is not None:
-        s = s + mask
-    if spec.causal:
-        s = s + np.triu(np.full((spec.q_len, spec.kv_len), -np.inf), 1)
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s /= s.sum(-1, keepdims=True)
-    return (s @ vr.astype(np.float64)).astype(np.float32)
+from tests.kernels.attention_reference import reference_attention
 
 
 def _module(spec: AttentionSpec, knobs: GpuAttentionKnobs | None) -> tvm.IRModule:
@@ -65,4 +53,4 @@ def test_gpu_kernel_matches_numpy_on_pocl(spec: AttentionSpec, knobs: GpuAttenti
     assert len(plan.kernels) == 1  # the attention kernel alone: nothing else was generated
     mask_arg = mask if mask is not None else np.zeros((1, 1, 1, 1), np.float32)
     (got,) = run_on_pocl(plan, [q, k, v, mask_arg], [])
-    np.testing.assert_allclose(got, _reference(q, k, v, spec, mask), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, reference_attention(q, k, v, spec, mask), rtol=1e-4, atol=1e-5)

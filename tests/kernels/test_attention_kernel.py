@@ -16,22 +16,7 @@ from banana.kernels.attention import (
     working_set_bytes,
 )
 from banana.targets.host import host_target
-
-
-def _reference(q, k, v, spec: AttentionSpec, mask):
-    group = spec.group
-    if spec.head_map == "interleave":
-        kr, vr = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-    else:
-        kr, vr = np.tile(k, (1, group, 1, 1)), np.tile(v, (1, group, 1, 1))
-    s = (q.astype(np.float64) @ kr.transpose(0, 1, 3, 2).astype(np.float64)) * spec.scale
-    if mask is not None:
-        s = s + mask
-    if spec.causal:
-        s = s + np.triu(np.full((spec.q_len, spec.kv_len), -np.inf), 1)
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s /= s.sum(-1, keepdims=True)
-    return (s @ vr.astype(np.float64)).astype(np.float32)
+from tests.kernels.attention_reference import reference_attention
 
 
 def _run(spec: AttentionSpec, knobs: AttentionKnobs | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +34,7 @@ def _run(spec: AttentionSpec, knobs: AttentionKnobs | None = None, seed: int = 0
     mask_arg = mask if mask is not None else np.zeros((1, 1, 1, 1), np.float32)
     args = [tvm.runtime.tensor(a) for a in (q, k, v, mask_arg, out)]
     ex["attention"](*args)
-    return args[-1].numpy(), _reference(q, k, v, spec, mask)
+    return args[-1].numpy(), reference_attention(q, k, v, spec, mask)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +61,7 @@ def test_fp16_variant_accumulates_in_fp32() -> None:
     ex = tvm.compile(tvm.IRModule({"attention": func}), target=tvm.target.Target(host_target()))
     args = [tvm.runtime.tensor(a) for a in (q, k, v, np.zeros((1, 1, 1, 1), np.float16), np.zeros_like(q))]
     ex["attention"](*args)
-    want = _reference(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), spec, None)
+    want = reference_attention(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), spec, None)
     np.testing.assert_allclose(args[-1].numpy().astype(np.float32), want, rtol=5e-3, atol=2e-3)
 
 
