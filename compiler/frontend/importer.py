@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from banana.compiler.errors import BadModelError, UnsupportedOpError
+from banana.compiler.frontend.normalize import vectorize_scalar_axes
 from banana.compiler.frontend.onnx_loading import check_graph, default_opset, load_onnx
 from banana.compiler.frontend.op_support import check_supported
 from banana.compiler.frontend.shapes import apply_input_shapes, graph_inputs, resolve_input_shapes
@@ -139,6 +140,7 @@ def import_onnx(path: Path | str, shape_overrides: dict[str, tuple[int, ...]] | 
         for v in graph_inputs(model)
     ]
     prepared = _simplify(model, source)
+    vectorize_scalar_axes(prepared)
     _constants_for_non_float_initializers(prepared)
     try:
         mod = from_onnx(

@@ -76,14 +76,6 @@ def _dtype(expr: relax.Expr) -> str:
     return str(expr.ty.dtype)
 
 
-def _scalar_constant(expr: relax.Expr) -> float | None:
-    if isinstance(expr, tvm.ir.GenericConst):
-        value = expr.value.numpy()
-        if value.size == 1 and np.issubdtype(value.dtype, np.floating):
-            return float(value.reshape(()))
-    return None
-
-
 def _int_list(values: Any) -> list[int] | None:
     if values is None:
         return None
@@ -121,6 +113,13 @@ class Graph:
             return self.params[expr]
         return None
 
+    def scalar(self, expr: relax.Expr) -> float | None:
+        """A one-element float constant or weight (SDPA exports keep sqrt(scale) as a weight)."""
+        value = self.constant(expr)
+        if value is not None and value.size == 1 and np.issubdtype(value.dtype, np.floating):
+            return float(value.reshape(()))
+        return None
+
     def value(self, expr: relax.Expr) -> relax.Expr | None:
         return self.bindings.get(expr) if isinstance(expr, relax.Var) else None
 
@@ -154,34 +153,7 @@ def _unrepeat(graph: Graph, expr: relax.Expr) -> KvSource:
     b, h, length, d = shape
     reshape = graph.call(expr, "relax.reshape")
     if reshape is not None:
-        src = reshape.args[0]
-        s5 = _shape(src)
-        bcast = graph.call(src, "relax.broadcast_to")
-        if s5 is not None and len(s5) == 5 and bcast is not None:
-            inner = bcast.args[0]
-            i5 = _shape(inner)
-            if i5 is not None and len(i5) == 5:
-                base = None
-                exp = graph.call(inner, "relax.expand_dims")
-                if exp is not None and _int_list(exp.attrs.axis) in ([1], [2]):
-                    base, axis = exp.args[0], _int_list(exp.attrs.axis)[0]
-                else:
-                    rs = graph.call(inner, "relax.reshape")
-                    if rs is not None and _shape(rs.args[0]) is not None and len(_shape(rs.args[0])) == 4:
-                        bs = _shape(rs.args[0])
-                        if i5 == (bs[0], bs[1], 1, bs[2], bs[3]):
-                            base, axis = rs.args[0], 2
-                        elif i5 == (bs[0], 1, bs[1], bs[2], bs[3]):
-                            base, axis = rs.args[0], 1
-                if base is not None:
-                    bshape = _shape(base)
-                    if bshape is not None and len(bshape) == 4 and s5[0] == b and (bshape[2], bshape[3]) == (length, d):
-                        hkv = bshape[1]
-                        n = s5[axis]
-                        expected = (b, hkv, n, length, d) if axis == 2 else (b, n, hkv, length, d)
-                        if s5 == expected and hkv * n == h and i5[axis] == 1:
-                            return KvSource(base, n, "interleave" if axis == 2 else "tile", "expand")
-        return none
+        return _unrepeat_5d(graph, reshape.args[0], shape) or none
     tile = graph.call(expr, "relax.tile")
     if tile is not None:
         reps = _int_list(tile.attrs.repeats)
@@ -229,6 +201,65 @@ def _unrepeat(graph: Graph, expr: relax.Expr) -> KvSource:
     return none
 
 
+def _unrepeat_5d(graph: Graph, src: relax.Expr, shape: tuple[int, ...]) -> KvSource | None:
+    """``src`` [B, Hkv, n, L, D] (or [B, n, Hkv, L, D]) broadcast from K/V: the repeat behind a reshape to ``shape``."""
+    b, h, length, d = shape
+    s5 = _shape(src)
+    bcast = graph.call(src, "relax.broadcast_to")
+    if s5 is None or len(s5) != 5 or bcast is None:
+        return None
+    inner = bcast.args[0]
+    i5 = _shape(inner)
+    if i5 is None or len(i5) != 5:
+        return None
+    base = None
+    exp = graph.call(inner, "relax.expand_dims")
+    if exp is not None and _int_list(exp.attrs.axis) in ([1], [2]):
+        base, axis = exp.args[0], _int_list(exp.attrs.axis)[0]
+    else:
+        rs = graph.call(inner, "relax.reshape")
+        if rs is not None and _shape(rs.args[0]) is not None and len(_shape(rs.args[0])) == 4:
+            bs = _shape(rs.args[0])
+            if i5 == (bs[0], bs[1], 1, bs[2], bs[3]):
+                base, axis = rs.args[0], 2
+            elif i5 == (bs[0], 1, bs[1], bs[2], bs[3]):
+                base, axis = rs.args[0], 1
+    if base is None:
+        return None
+    bshape = _shape(base)
+    if bshape is None or len(bshape) != 4 or s5[0] != b or (bshape[2], bshape[3]) != (length, d):
+        return None
+    hkv = bshape[1]
+    n = s5[axis]
+    expected = (b, hkv, n, length, d) if axis == 2 else (b, n, hkv, length, d)
+    if s5 == expected and hkv * n == h and i5[axis] == 1:
+        return KvSource(base, n, "interleave" if axis == 2 else "tile", "expand")
+    return None
+
+
+def _merged_head_transpose(graph: Graph, kt_expr: relax.Expr) -> KvSource | None:
+    """K^T built as ``reshape4(permute_dims(reshape3(K), [0, 2, 1]))`` with batch and heads merged.
+
+    torch's dynamo export of SDPA (``enable_gqa``, opsets 17/18) transposes K this way, after its
+    own Unsqueeze/Expand repeat: reading through it recovers K [B, H, L, D] and the repeat.
+    """
+    kt_shape = _shape(kt_expr)
+    outer = graph.call(kt_expr, "relax.reshape")
+    if kt_shape is None or len(kt_shape) != 4 or outer is None:
+        return None
+    b, h, d, length = kt_shape
+    permute = graph.call(outer.args[0], "relax.permute_dims")
+    if permute is None or _int_list(permute.attrs.axes) != [0, 2, 1] or _shape(outer.args[0]) != (b * h, d, length):
+        return None
+    inner = graph.call(permute.args[0], "relax.reshape")
+    if inner is None or _shape(permute.args[0]) != (b * h, length, d):
+        return None
+    src = inner.args[0]
+    if _shape(src) == (b, h, length, d):
+        return _unrepeat(graph, src)
+    return _unrepeat_5d(graph, src, (b, h, length, d))
+
+
 def _is_causal_constant(graph: Graph, expr: relax.Expr, scores_shape: tuple[int, ...]) -> bool:
     """A constant [.., Lq, Lkv] mask (leading axes 1) of 0 on/below the diagonal, <= -1e30 above."""
     value = graph.constant(expr)
@@ -274,9 +305,9 @@ def _peel_scale(graph: Graph, expr: relax.Expr) -> tuple[relax.Expr, float]:
         if call is None:
             return expr, factor
         a, c = call.args
-        value = _scalar_constant(c)
+        value = graph.scalar(c)
         if value is None and _op(call) == "relax.multiply":
-            value, a = _scalar_constant(a), c
+            value, a = graph.scalar(a), c
         if value is None or value == 0.0:
             return expr, factor
         factor = factor * value if _op(call) == "relax.multiply" else factor / value
@@ -310,9 +341,9 @@ def match_site(graph: Graph, out: relax.Var, call: relax.Call) -> Match:
             break
         if op in ("relax.multiply", "relax.divide"):
             a, c = value.args
-            factor, src = _scalar_constant(c), a
+            factor, src = graph.scalar(c), a
             if factor is None and op == "relax.multiply":
-                factor, src = _scalar_constant(a), c
+                factor, src = graph.scalar(a), c
             if factor is None or factor == 0.0:
                 raise NoMatch(f"scores are scaled by a non-constant or non-scalar tensor ({op})")
             factor = factor if op == "relax.multiply" else 1.0 / factor
@@ -361,19 +392,29 @@ def match_site(graph: Graph, out: relax.Var, call: relax.Call) -> Match:
     permute = graph.call(kt_expr, "relax.permute_dims")
     swap = list(range(rank))
     swap[-2], swap[-1] = swap[-1], swap[-2]
-    if permute is not None:
+    merged = _merged_head_transpose(graph, kt_expr) if rank == 4 else None
+    if merged is not None:
+        k_base, needs = merged.base, None
+    elif permute is not None:
         axes = _int_list(permute.attrs.axes) or list(reversed(range(rank)))
         composed = tuple(axes[i] for i in swap)
         k_base = permute.args[0]
         needs = None if composed == tuple(range(rank)) else composed
     else:
         k_base, needs = kt_expr, tuple(swap)
-    k_src = _unrepeat(graph, k_base) if needs is None and rank == 4 else KvSource(k_base, 1, "interleave", "none")
+    if merged is not None:
+        k_src = merged
+    elif needs is None and rank == 4:
+        k_src = _unrepeat(graph, k_base)
+    else:
+        k_src = KvSource(k_base, 1, "interleave", "none")
     k_src.needs_permute = needs
     v_src = _unrepeat(graph, v_expr) if rank == 4 else KvSource(v_expr, 1, "interleave", "none")
     if (k_src.group, k_src.head_map) != (v_src.group, v_src.head_map):
         # Different repeats on K and V: fuse without sharing (each q head reads its own copy).
         steps.append(f"kv-repeat-mismatch(k={k_src.pattern}x{k_src.group},v={v_src.pattern}x{v_src.group})")
+        if merged is not None:  # no unrepeated K var exists: read K^T through a swap instead
+            k_base, needs = kt_expr, tuple(swap)
         k_src = KvSource(k_base, 1, "interleave", "none", needs)
         v_src = KvSource(v_expr, 1, "interleave", "none")
     k_shape = tuple(k_shape_after(k_src))

@@ -27,6 +27,7 @@ import onnx.numpy_helper
 import torch
 
 from banana.compiler.errors import ArtifactError, BadConfigError, BadModelError
+from banana.compiler.frontend.normalize import vectorize_scalar_axes
 
 log = logging.getLogger(__name__)
 
@@ -97,29 +98,6 @@ def _externalize_float_tensors(model: onnx.ModelProto, location: str) -> None:
         if not t.HasField("raw_data"):
             t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
         onnx.external_data_helper.set_external_data(t, location)
-
-
-_AXES_INPUT_OPS = {"Unsqueeze", "Squeeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"}
-
-
-def _vectorize_scalar_axes(model: onnx.ModelProto) -> None:
-    """Give 0-d ``axes`` initializers shape ``[1]`` (the same meaning in ONNX).
-
-    The dynamo exporter emits a scalar axes tensor for SDPA's GQA Unsqueeze; TVM 0.27's
-    Unsqueeze converter iterates over it and fails ("'int' object is not iterable").
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    changed = set()
-    for node in model.graph.node:
-        if node.op_type in _AXES_INPUT_OPS and len(node.input) > 1 and node.input[1] in inits:
-            t = inits[node.input[1]]
-            if len(t.dims) == 0:
-                arr = onnx.numpy_helper.to_array(t).reshape(1)
-                t.CopyFrom(onnx.numpy_helper.from_array(arr, t.name))
-                changed.add(t.name)
-    stale = [vi for vi in model.graph.value_info if vi.name in changed]
-    for vi in stale:  # shape inference re-derives them; a rank-0 record would now contradict
-        model.graph.value_info.remove(vi)
 
 
 def _check_static(model: onnx.ModelProto, path: Path, input_names: tuple[str, ...]) -> None:
@@ -202,7 +180,7 @@ def export_onnx(
         raise BadModelError(f"{path}: torch {exporter} ONNX export failed: {msg}") from e
     _strip_metadata(proto)
     _rename_output(proto, OUTPUT_NAME)
-    _vectorize_scalar_axes(proto)
+    vectorize_scalar_axes(proto)
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     _check_static(proto, path, input_names)
     for k, v in sorted((metadata or {}).items()):

@@ -50,8 +50,9 @@ def _last_line(text: str) -> str:
 def _save_dict(arrays: dict[str, np.ndarray], path: Path) -> None:
     import tvm
 
+    # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).
     tvm.runtime.save_param_dict_to_file(
-        {k: tvm.runtime.tensor(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(path)
+        {k: tvm.runtime.tensor(np.require(v, requirements="C")) for k, v in arrays.items()}, str(path)
     )
 
 

@@ -215,12 +215,17 @@ def _compile_unfused(path: Path, out: Path) -> dict:
     return result.manifest["attention"]
 
 
-@pytest.mark.parametrize("model", ["dynamo-gqa", "tile", "cross"])
+@pytest.mark.parametrize("model", ["dynamo-gqa", "torchscript-gqa", "expand", "tile", "concat", "gather", "mha",
+                                   "cross"])
 def test_arm64_under_qemu_matches(tmp_path: Path, model: str) -> None:
     if model == "dynamo-gqa":
         path = _torch_model(tmp_path, dynamo=True, opset=18)
-    elif model == "tile":
-        path = _onnx_attention(tmp_path, repeat="tile", lq=37, lkv=45, name="tile")
+    elif model == "torchscript-gqa":
+        path = _torch_model(tmp_path, dynamo=False, opset=18)
+    elif model in ("expand", "tile", "concat", "gather"):
+        path = _onnx_attention(tmp_path, repeat=model, lq=37, lkv=45, name=model)
+    elif model == "mha":
+        path = _onnx_attention(tmp_path, repeat=None, hq=4, hkv=4, mask=False, div=False, name="mha")
     else:
         path = _torch_model(tmp_path, dynamo=False, opset=17, lq=40, lkv=9, masked=False)
     info = _compile(path, tmp_path / "out", "cpu")

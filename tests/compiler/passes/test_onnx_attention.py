@@ -116,17 +116,29 @@ def test_unsupported_attention_is_left_alone(tmp_path: Path) -> None:
     assert count == 0 and decomposed.graph.node[0].op_type == "Attention"
 
 
-def test_torch_sdpa_enable_gqa_at_opset_23(tmp_path: Path) -> None:
-    class Sdpa(torch.nn.Module):
-        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True)
+class _Sdpa(torch.nn.Module):
+    def __init__(self, causal: bool) -> None:
+        super().__init__()
+        self.causal = causal
 
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=self.causal)
+
+
+def _sdpa_model(path: Path, opset: int, causal: bool = True) -> onnx.ModelProto:
+    """torch 2.13's dynamo export of SDPA with ``enable_gqa``: ``Attention`` at 23+, decomposed below."""
+    torch.manual_seed(0)
     args = (torch.randn(1, 8, 32, 16), torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 16))
-    prog = torch.onnx.export(Sdpa().eval(), args, dynamo=True, input_names=["q", "k", "v"], opset_version=23,
-                             optimize=True, verify=False, report=False)
+    prog = torch.onnx.export(_Sdpa(causal).eval(), args, dynamo=True, input_names=["q", "k", "v"],
+                             opset_version=opset, optimize=True, verify=False, report=False)
+    onnx.save_model(prog.model_proto, str(path))
+    return prog.model_proto
+
+
+def test_torch_sdpa_enable_gqa_at_opset_23(tmp_path: Path) -> None:
     original = tmp_path / "sdpa23.onnx"
-    onnx.save_model(prog.model_proto, str(original))
-    decomposed, count = decompose_attention_ops(prog.model_proto)
+    proto = _sdpa_model(original, 23)
+    decomposed, count = decompose_attention_ops(proto)
     assert count == 1
     path = tmp_path / "decomposed.onnx"
     onnx.save_model(decomposed, str(path))
@@ -134,7 +146,38 @@ def test_torch_sdpa_enable_gqa_at_opset_23(tmp_path: Path) -> None:
     result = compile_model(path, backend="host", out=out)
     assert result.manifest["attention"]["fused"] == 1
     assert result.manifest["attention"]["sites"][0]["causal"] is True
-    _check_against_original(out, original, _inputs(prog.model_proto))
+    _check_against_original(out, original, _inputs(proto))
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_torch_sdpa_enable_gqa_decomposed_at_opsets_17_18(tmp_path: Path, opset: int) -> None:
+    """Below opset 23 the exporter repeats K/V itself (with a 0-d Unsqueeze axes TVM cannot read)."""
+    original = tmp_path / f"sdpa{opset}.onnx"
+    proto = _sdpa_model(original, opset, causal=False)
+    assert "Attention" not in {n.op_type for n in proto.graph.node}
+    result = compile_model(original, backend="host", out=tmp_path / "out", verify=True)
+    assert result.verify is not None and result.verify.ok  # onnxruntime on the exported file, rtol 1e-4
+    attention = result.manifest["attention"]
+    assert attention["fused"] == 1 and attention["unfused"] == 0
+    site = attention["sites"][0]
+    assert (site["q_heads"], site["kv_heads"], site["group"], site["kv_repeat"]) == (8, 2, 4, "expand")
+
+
+ARM64_CASES = ["attention-4d-gqa-causal", "attention-3d-gqa-float-mask", "attention-4d-mha-bool-mask-cross",
+               "sdpa23", "sdpa18"]
+
+
+@pytest.mark.parametrize("case", ARM64_CASES)
+def test_arm64_under_qemu_matches_onnxruntime_on_the_original(tmp_path: Path, case: str) -> None:
+    """The files holding Attention ops (or torch's decomposed SDPA) on arm64, verified under qemu."""
+    original = tmp_path / f"{case}.onnx"
+    if case.startswith("sdpa"):
+        _sdpa_model(original, int(case[4:]), causal=case == "sdpa23")
+    else:
+        _attention_model(original, **CASES[case.removeprefix("attention-")])
+    result = compile_model(original, backend="cpu", soc="SM8650", out=tmp_path / "out", verify=True)
+    assert result.verify is not None and result.verify.ok and result.verify.executed
+    assert result.manifest["attention"]["fused"] == 1 and result.manifest["attention"]["unfused"] == 0
 
 
 def _gqa_model(path: Path, *, packed: bool, present: bool, b: int = 2, s: int = 12, hq: int = 8, hkv: int = 2,
@@ -195,6 +238,22 @@ def test_microsoft_group_query_attention(tmp_path: Path, packed: bool, present: 
     outputs = [r.numpy() for r in result] if present else [result.numpy()]
     for g, w in zip(outputs, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_microsoft_group_query_attention_on_arm64_under_qemu(tmp_path: Path) -> None:
+    original = _gqa_model(tmp_path / "gqa.onnx", packed=True, present=False, b=1, s=10)
+    feeds = {"qkv": np.random.default_rng(1).standard_normal([1, 10, 12 * 16]).astype(np.float32),
+             "seqlens_k": np.array([9], np.int32), "total_len": np.array(10, np.int32)}
+    (want,) = ort.InferenceSession(str(original)).run(None, feeds)
+    out = tmp_path / "out"
+    result = compile_model(original, backend="cpu", soc="SM8650", out=out)
+    assert result.manifest["attention"]["fused"] == 1
+    from banana.targets.backends import get_backend
+
+    artifact = Artifact.open(out)
+    names = [spec["name"] for spec in artifact.manifest["inputs"]]
+    (got,) = get_backend("cpu").run(artifact, [feeds[n] for n in names])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_banana_compile_takes_onnx_attention_directly(tmp_path: Path) -> None:
