@@ -116,6 +116,45 @@ def test_unsupported_attention_is_left_alone(tmp_path: Path) -> None:
     assert count == 0 and decomposed.graph.node[0].op_type == "Attention"
 
 
+def _repeated_kv_attention_model(path: Path, repeat: str, *, hq: int = 8, hkv: int = 2, length: int = 24,
+                                 d: int = 16) -> Path:
+    """K/V heads repeated in the graph (transformers' ``repeat_kv`` and friends), then an opset-23
+    ``Attention`` that sees equal head counts: the repeat must still be recovered as GQA."""
+    from tests.compiler.passes.test_attention_fusion import _repeat_nodes
+
+    nodes, inits = [], []
+    for t in ("k", "v"):
+        ns, its = _repeat_nodes(repeat, t, f"{t}_rep", hq // hkv, hkv)
+        nodes += ns
+        inits += its
+    nodes.append(helper.make_node("Attention", ["q", "k_rep", "v_rep"], ["y"], name="attn", is_causal=1))
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("q", f, [1, hq, length, d]),
+              helper.make_tensor_value_info("k", f, [1, hkv, length, d]),
+              helper.make_tensor_value_info("v", f, [1, hkv, length, d])]
+    graph = helper.make_graph(nodes, "repeat_attention", inputs,
+                              [helper.make_tensor_value_info("y", f, [1, hq, length, d])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], producer_name="banana-tests")
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("repeat,backend", [("expand", "host"), ("gather", "host"), ("expand", "cpu")])
+def test_repeat_in_front_of_attention_op_is_gqa(tmp_path: Path, repeat: str, backend: str) -> None:
+    from tests.compiler.passes.test_attention_fusion import D
+
+    assert D == 16  # _repeat_nodes reshapes to the fusion tests' head dim
+    original = _repeated_kv_attention_model(tmp_path / f"{repeat}.onnx", repeat)
+    soc = "SM8650" if backend == "cpu" else None
+    result = compile_model(original, backend=backend, soc=soc, out=tmp_path / "out", verify=True)
+    assert result.verify is not None and result.verify.ok  # onnxruntime on the file with the Attention op
+    site = result.manifest["attention"]["sites"][0]
+    assert result.manifest["attention"]["fused"] == 1
+    assert (site["q_heads"], site["kv_heads"], site["group"], site["kv_repeat"], site["causal"]) == (
+        8, 2, 4, repeat, True)
+
+
 class _Sdpa(torch.nn.Module):
     def __init__(self, causal: bool) -> None:
         super().__init__()
