@@ -113,3 +113,86 @@ def hvx_instruction_stats(asm_text: str) -> dict[str, int]:
                 counts[f"scalar.{name}"] += 1
                 totals["scalar_total"] += 1
     return {**totals, **dict(sorted(counts.items()))}
+
+
+# ---------------------------------------------------------------- hot loops and MAC accounting
+
+_LABEL = re.compile(r"^\s*([.\w$]+):")
+_LOOP_SETUP = re.compile(r"\bloop([01])\s*\(\s*([.\w$]+)\s*,")
+_BACK_JUMP = re.compile(r"\bjump(?::[a-z]+)?\s+#*([.\w$]+)")
+
+
+def innermost_loops(asm_text: str, branch_loops: bool = False) -> list[str]:
+    """Assembly text of each innermost loop body (hot loops), in program order.
+
+    A loop is a hardware loop (``loopN(.L, ...)`` ... packet ending ``:endloopN``: LLVM's form for
+    counted loops) or, with ``branch_loops``, a backward ``jump`` to a label (off by default: block
+    layout makes backward jumps that are no loops, e.g. in argument checks); innermost means its line
+    range holds no other loop.
+    """
+    lines = _strip_comments(asm_text).splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
+    hw_starts: dict[str, list[int]] = {"0": [], "1": []}
+    spans: list[tuple[int, int]] = []
+    for i, line in enumerate(lines):
+        for kind, label in _LOOP_SETUP.findall(line):
+            if label in labels:
+                hw_starts[kind].append(labels[label])
+        for kind in ("0", "1"):
+            if f":endloop{kind}" in line or (kind == "0" and ":endloop01" in line):
+                starts = [s for s in hw_starts[kind] if s <= i]
+                if starts:
+                    spans.append((max(starts), i))
+        jump = _BACK_JUMP.search(line)
+        if branch_loops and jump and jump.group(1) in labels and labels[jump.group(1)] <= i:
+            spans.append((labels[jump.group(1)], i))
+    spans = sorted(set(spans))
+    inner = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
+    return ["\n".join(lines[a : b + 1]) for a, b in inner]
+
+
+# MACs one instruction issues, by mnemonic, for 128-byte HVX vectors (a vector-pair result doubles it).
+# vrmpy: 32 word lanes x 4 products; vdmpy: 2 products per lane (32 word or 64 halfword lanes);
+# vmpy/vmpyi*/vmpye/vmpyo: 1 product per result lane; vmpa: 2; vtmpy: 3.
+_HVX_MACS_PER_LANE = {"vrmpy": 4, "vdmpy": 2, "vmpa": 2, "vtmpy": 3}
+_LANES_BY_TYPE = {"w": 32, "uw": 32, "sf": 32, "qf32": 32, "h": 64, "uh": 64, "hf": 64, "qf16": 64,
+                  "b": 128, "ub": 128}
+# Scalar multiply-accumulate forms and their products per instruction.
+_SCALAR_MACS = {"mpy": 1, "mpyi": 1, "mpyu": 1, "sfmpy": 1, "vmpyh": 2, "vdmpy": 2, "vrmpyh": 4,
+                "vrmpybu": 4, "vrmpybsu": 4, "vrmpyu": 4}
+
+
+def instruction_macs(instr: str) -> tuple[str, int]:
+    """(``hvx.<mnemonic>``/``scalar.<mnemonic>``, multiply-accumulates issued) of one instruction; 0 if none."""
+    name, is_hvx, _ = _classify(instr)
+    key = f"{'hvx' if is_hvx else 'scalar'}.{name}"
+    if not is_hvx:
+        return key, _SCALAR_MACS.get(name, 0)
+    base = next((b for b in ("vrmpy", "vdmpy", "vmpa", "vtmpy", "vmpy") if name.startswith(b)), None)
+    if base is None:
+        return key, 0
+    match = _ASSIGN.match(_strip_predicate(instr))
+    lhs = match.group("lhs").strip() if match else ""
+    dest_type = (_TYPE_SUFFIX.findall(lhs) or ["w"])[-1]
+    lanes = _LANES_BY_TYPE.get(dest_type, 32) * (2 if re.match(r"^v\d+:\d+", lhs) else 1)
+    return key, lanes * _HVX_MACS_PER_LANE.get(base, 1)
+
+
+def mac_share(asm_text: str, mnemonics: tuple[str, ...] = ("hvx.vrmpy",)) -> dict[str, float]:
+    """MACs issued by each instruction kind in ``asm_text`` (one pass over the text, i.e. static counts).
+
+    Returns ``{"macs.<key>": n, ..., "macs_total": n, "share": fraction issued by ``mnemonics``}``.
+    """
+    macs: Counter[str] = Counter()
+    for raw in _strip_comments(asm_text).splitlines():
+        _, instrs = _split_line(raw.strip())
+        for instr in instrs:
+            if not _is_instruction(instr):
+                continue
+            key, n = instruction_macs(instr)
+            if n:
+                macs[key] += n
+    total = sum(macs.values())
+    chosen = sum(v for k, v in macs.items() if k in mnemonics)
+    return {**{f"macs.{k}": float(v) for k, v in sorted(macs.items())}, "macs_total": float(total),
+            "share": chosen / total if total else 0.0}
