@@ -167,10 +167,33 @@ def verify_artifact(
     outputs = get_backend(artifact.backend).run(artifact, arrays)
     report.run_s = time.perf_counter() - start
     out_specs = artifact.outputs
+    if artifact.manifest.get("integer", {}).get("taps"):  # integer_taps build: taps follow the outputs
+        outputs = outputs[:len(reference)]
     if len(outputs) != len(reference):
         raise VerificationError(
             f"artifact returned {len(outputs)} output(s), onnxruntime {len(reference)}"
         )
+    one_step = rtol is None and integer_kernels_only(artifact.manifest)
+    tolerances = []
     for spec, out, ref in zip(out_specs, outputs, reference, strict=True):
-        report.comparisons.append(compare(spec.name, out, ref, report.rtol))
+        tolerances.append(one_step_rtol(ref) if one_step else report.rtol)
+        report.comparisons.append(compare(spec.name, out, ref, tolerances[-1]))
+    if one_step and tolerances:
+        report.rtol = max(tolerances)
+        report.note = "integer kernels: tolerance is one 8-bit quantisation step of each output's range"
     return report
+
+
+def integer_kernels_only(manifest: dict) -> bool:
+    """Every quantized layer runs integer kernels (no float fallback): outputs match to one step."""
+    integer = manifest.get("integer")
+    return bool(integer and integer["layers"] and not integer["float_fallbacks"])
+
+
+def one_step_rtol(ref: np.ndarray) -> float:
+    """One 8-bit step of ``ref``'s range, relative to max|ref| (the measure :func:`compare` uses)."""
+    if not ref.size:
+        return FLOAT_RTOL
+    scale = float(np.abs(ref).max())
+    step = float(ref.max() - ref.min()) / 255
+    return max(step / scale, FLOAT_RTOL) if scale > 0 else FLOAT_RTOL
