@@ -25,7 +25,8 @@ from banana.compiler.report.work import ModelWork, analyze_lowered, lower_for_an
 logger = logging.getLogger(__name__)
 
 __all__ = ["REPORT_HTML", "REPORT_JSON", "REPORT_MD", "ModelWork", "analyze_lowered", "assemble",
-           "lower_for_analysis", "measure_host_artifact", "read_report", "report_stage", "repredict", "write_report"]
+           "lower_for_analysis", "measure_artifact", "measure_host_artifact", "read_report", "report_stage",
+           "repredict", "write_report"]
 
 
 def analysis_target(backend: str, target: dict[str, Any], soc: Any) -> dict[str, Any]:
@@ -74,3 +75,16 @@ def measure_host_artifact(artifact_dir: Path, repeats: int = 7, seed: int = 0) -
     lib = tvm.runtime.load_module(str(artifact.path(artifact.manifest["entry"]["library"])))
     m = measure_vm(lib, [*inputs, *artifact.load_weights()], set(report["work"]["kernels"]), repeats=repeats)
     return {**m.to_json(), "per_kernel_ms": m.per_kernel_ms()}
+
+
+def measure_artifact(artifact_dir: Path, where: str = "host", repeats: int = 7) -> dict[str, Any]:
+    """``banana report OUT --measure WHERE``: ``host`` (here, per kernel too) or ``rpc://HOST:PORT/KEY``."""
+    from banana.compiler.errors import BadConfigError
+
+    if where == "host":
+        return {**measure_host_artifact(artifact_dir, repeats=repeats), "where": "host"}
+    if where.startswith("rpc://"):
+        from banana.compiler.report.measure import measure_rpc
+
+        return measure_rpc(artifact_dir, where, repeats=repeats).to_json()
+    raise BadConfigError(f"--measure {where!r}: expected 'host' or rpc://HOST:PORT/KEY")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from banana.compiler.errors import ArtifactError, BadConfigError, BananaError
+from banana.compiler.report.compare import compare_configurations
 from banana.compiler.report.machine import CONSTANTS, Machine, machine_for
 from banana.compiler.report.roofline import predict_kernel
 from banana.compiler.report.shapes import RESOLUTIONS_PX, dit_table, dit_work
@@ -134,6 +135,7 @@ def assemble(work: ModelWork, soc: Soc, backend: str, *, model_info: dict[str, A
         "thermal": _thermal_section(soc, machine, work, image_ms, steps, target_fps),
         "dit_projection": {"config": dit_config, "kind": "predicted",
                            "rows": dit_table(dit_config, machines) if dit_config else []},
+        "comparison": compare_configurations(soc, str(model_info.get("name", "")), dit_config, steps),
         "constants": {k: v.to_json() for k, v in CONSTANTS.items()},
     }
 

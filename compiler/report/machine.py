@@ -36,36 +36,40 @@ class Constant:
 # outer spatial loops parallel, reductions serial and scalar; no register or cache tiling).
 CONSTANTS: dict[str, Constant] = {
     "cycles_per_scalar_mac": Constant(
-        6.0, 4.0, 9.0, "cycles per reduction iteration per core",
+        3.2, 2.0, 9.0, "cycles per reduction iteration per core, reduction column held by the L2",
         "a scalar reduction is a chain of dependent FP adds (FMA latency 4 cycles on Skylake-class x86 and on "
-        "Cortex-X4/A720 per their optimisation guides, quoted from memory: low bound) plus a strided operand "
-        "load; nominal 6 = calibrated once on this host on the nano DiT (0.8 s of kernels), then held fixed and "
-        "checked on the other models (benchmarks/predict.py)"),
-    "cycles_per_scalar_mac_uncached": Constant(
-        14.0, 8.0, 24.0, "cycles per reduction iteration per core when the reduced operand exceeds the L2 cache",
-        "the strided operand then streams from L3/DRAM and each iteration waits on a miss that the prefetcher only "
-        "partly hides; nominal 14 = the small DiT's large matmuls on this host (shared machine: +-50 % noise), "
-        "phone value assumed equal (unverified)"),
+        "Cortex-X4/A720 per their optimisation guides, quoted from memory) plus a strided operand load from L2; "
+        "nominal 3.2 = calibrated on this host (EPYC, one thread, thread CPU time) on a synthetic linear layer "
+        "[1,256,128]x[128,256]+b (compiler/report/calibrate.py), not on any model; phone value assumed equal"),
+    "cycles_per_scalar_mac_per_miss_doubling": Constant(
+        3.1, 1.5, 6.0, "extra cycles per reduction iteration per doubling of K beyond the L2's set-limited capacity",
+        "when the K lines of a reduction column exceed what the L2 holds for that stride (set aliasing included, "
+        "roofline.column_capacity_lines) the next output re-fetches them from L3/DRAM: nominal 3.1 = calibrated "
+        "on this host on a synthetic linear layer [1,32,1024]x[1024,1024]+b (K = 8x the capacity for its 4 KB "
+        "stride; calibrate.py); phone value assumed equal (unverified)"),
     "cycles_per_scalar_op": Constant(
         1.0, 0.5, 2.0, "cycles per element-wise scalar op per core",
         "independent scalar ops issue about 1-2 per cycle on these out-of-order cores; LLVM's loop vectoriser "
         "lowers plain element-wise loops further (low bound)"),
     "cycles_per_element_moved": Constant(
-        4.0, 2.0, 8.0, "cycles per stored element of a zero-op (copy/transpose) loop, one core",
-        "copies, transposes and padding are emitted as element loops (padding recomputed per output tile by the "
-        "dlight conv schedule, with a per-element bounds select that does not vectorise); a strided read costs an "
-        "L1 miss every few elements: 4 cycles nominal matches the transposes measured on this host"),
+        5.7, 2.0, 8.0, "cycles per store instruction of a zero-op (copy/transpose/padding) loop, one core",
+        "copies and transposes are emitted as element loops, a strided read costing an L1 miss every few "
+        "elements; a vectorised loop (the conv schedules' padding) moves a SIMD register per store "
+        "(roofline._cpu_compute_s divides by the lanes); nominal 5.7 = calibrated on this host on a synthetic "
+        "transpose [512,512] (calibrate.py, one thread, thread CPU time), not on any model"),
     "vector_efficiency": Constant(
         0.25, 0.1, 0.5, "fraction of SIMD peak",
         "vectorised + parallel loop nests without register tiling: a load per FMA limits issue to about a "
         "quarter to half of the FMA pipes"),
     "parallel_launch_us": Constant(
-        8.0, 3.0, 20.0, "microseconds per parallel kernel call",
-        "TVM thread-pool fork/join per parallel loop; measured 5-15 us per call on this (shared, 2-core) host; "
-        "phone value assumed equal (unverified)"),
+        8.0, 2.0, 20.0, "microseconds per parallel kernel call",
+        "TVM thread-pool fork/join per parallel loop plus the VM call: calibrated on a near-empty parallel "
+        "linear layer (calibrate.py): about 11 us with the pool's 2 threads on this shared host under load, "
+        "2-3.5 us with one thread (no fork); nominal 8 for a multi-core phone pool (unverified)"),
     "serial_call_us": Constant(
-        1.5, 0.5, 4.0, "microseconds per serial kernel call",
-        "VM call instruction + packed-function dispatch; about 1-3 us measured on this host"),
+        2.0, 0.5, 4.0, "microseconds per serial kernel call",
+        "VM call instruction + packed-function dispatch: calibrated at 0.6-2.9 us on a near-empty transpose "
+        "[2,3] on this host (calibrate.py; varies with load)"),
     "dram_efficiency": Constant(
         0.8, 0.6, 0.9, "fraction of DRAM bandwidth",
         "streaming kernels reach 60-90 % of the theoretical DRAM bandwidth on phones and PCs (STREAM-style); the "

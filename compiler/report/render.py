@@ -13,6 +13,10 @@ def _ms(x: float | None) -> str:
     return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def _claims_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| SoC | backend | plan | res | tokens | bound ms/step | predicted ms/step [low-high] | bound ms/image |"
              " predicted ms/image | limited by | 30 fps@512 possible | <500 ms possible |",
@@ -30,6 +34,29 @@ def _claims_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _comparison_md(comp: dict[str, Any] | None) -> list[str]:
+    if not comp or not comp.get("rows"):
+        return []
+    res = comp["resolution"] if comp["resolution"] == "native" else f"{comp['resolution']} px"
+    out = ["", f"## Configurations side by side (predicted by shape: DiT '{comp['config']}', {res}, "
+               f"{comp['steps']} steps, {comp['duration_s'] / 60:.0f} min back to back on {comp['soc']})", "",
+           f"Model: {comp['why']}. {comp['method']}.", "",
+           "| configuration | heads q/kv | per image ms | power W | time to throttle | steady images/s | "
+           "peak images/s | K/V MB/step | limited by |", "|---|---|---|---|---|---|---|---|---|"]
+    dur = comp["duration_s"]
+    for r in comp["rows"]:
+        ttt = r["time_to_throttle_s"]
+        throttle = "n/a" if r["power_w"] is None else f"not within {dur:.0f} s" if ttt is None else f"{ttt:.0f} s"
+        peak_note = {"sourced": "", "derived": "", "estimate": " (peak: estimate)"}.get(r["peak_kind"],
+                                                                                      " (peak: unknown)")
+        out.append(
+            f"| {r['config']} | {r['q_heads']}/{r['kv_heads']} | {_ms(r['per_image_ms'])} | "
+            f"{_num(r['power_w'], '.2f')} | {throttle} | {_num(r['steady_images_per_s'], '.3g')} | "
+            f"{_num(r['peak_images_per_s'], '.3g')} | {r['kv_bytes_per_step'] / 1e6:.3g} | "
+            f"{'n/a' if r['power_w'] is None else r['limited_by']}{peak_note} |")
+    return out
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lat = report["latency"]
     ps, pi = lat["per_step"], lat["per_image"]
@@ -44,17 +71,21 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"- {lat['calls']} kernel calls, {lat['total_flops']:.4g} ops, {lat['total_bytes']:.4g} bytes per step"]
     m = report.get("measured")
     if m:
-        out.append(f"- **measured** on the host: {_ms(m['latency_ms'])} ms per call (median of {m['repeats']}, "
-                   f"min {_ms(m['latency_min_ms'])}, max {_ms(m['latency_max_ms'])}; shared machine)")
+        where = f"rpc ({m['rpc']}, device key '{m['device_key']}')" if m.get("where") == "rpc" else "the host"
+        out.append(f"- **measured** on {where}: {_ms(m['latency_ms'])} ms per call (median of {m['repeats']}, "
+                   f"min {_ms(m['latency_min_ms'])}, max {_ms(m['latency_max_ms'])}) vs "
+                   f"{_ms(ps['predicted_ms'])} ms predicted per step")
     for key, t in report["targets"].items():
         out.append(f"- target {key}: physically possible **{t['physically_possible']}**, predicted feasible "
                    f"**{t['predicted_feasible']}** (best case {t['feasible_at_best_case']})")
-    out += ["", "| kernel | calls | ops | bytes | precision | limited by | bound ms | predicted ms [low-high] |"
+    out += ["", "| kernel | calls | ops | bytes | precision | limited by (roofline) | bound ms | "
+            "predicted ms [low-high] |"
             + (" measured ms |" if m else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if m else "")]
     meas_k = (m or {}).get("per_kernel_ms", {})
     for k in lat["kernels"][:40]:
         out.append(f"| {k['name']} | {k['calls']} | {k['flops']:.3g} | {k['bytes']:.3g} | {k['precision']} | "
-                   f"{k['limited_by']} | {_ms(k['bound_ms'])} | {_ms(k['predicted_ms'])} "
+                   f"{k['limited_by']} ({k.get('roofline_limited_by', '?')}) | {_ms(k['bound_ms'])} | "
+                   f"{_ms(k['predicted_ms'])} "
                    f"[{_ms(k['low_ms'])}-{_ms(k['high_ms'])}] |"
                    + (f" {_ms(meas_k.get(k['name'], 0) / max(1, k['calls']))} |" if m else ""))
     mem = report["memory"]
@@ -76,6 +107,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{throttle}, "
             f"steady {sim['steady_images_per_s']:.3g} images/s (peak {sim['peak_images_per_s']:.3g}), "
             f"mean clock {sim['mean_retained_fraction']:.2f}"]
+    out += _comparison_md(report.get("comparison"))
     rows = report["dit_projection"]["rows"]
     if rows:
         out += ["", f"## {report['dit_projection']['config']} DiT by shape (predicted; INT8 = W8A8, INT4 = W4A8)", ""]
@@ -175,6 +207,71 @@ def series_svg(t: list[float], ys: list[float], title: str, unit: str, limit: fl
     return _svg(w, h, body, title)
 
 
+_PALETTE = ("#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1", "#319795", "#d53f8c", "#4a5568",
+            "#dd6b20", "#38a169", "#3182ce", "#805ad5")
+
+
+def comparison_bars_svg(rows: list[dict[str, Any]]) -> str:
+    """Peak vs steady-state images/s per configuration (log scale: configurations span decades)."""
+    rows = [r for r in rows if r.get("peak_images_per_s")]
+    w, bar, left = 820, 12, 200
+    vals = [v for r in rows for v in (r["peak_images_per_s"], r["steady_images_per_s"]) if v and v > 0] or [1.0]
+    lo, hi = math.log10(min(vals) / 2), math.log10(max(vals) * 2)
+
+    def width(v: float) -> float:
+        return max(1.0, (w - left - 90) * (math.log10(max(v, 10 ** lo)) - lo) / (hi - lo))
+
+    body = [f'<text x="{left}" y="34" font-size="10">images/s (log {10 ** lo:.3g}-{10 ** hi:.3g}); '
+            'light: peak (cool), dark: steady state after throttling</text>']
+    for i, r in enumerate(rows):
+        y = 44 + i * (bar * 2 + 8)
+        body.append(f'<text x="5" y="{y + 15}" font-size="11">{html.escape(r["config"])}</text>')
+        for j, (key, colour) in enumerate((("peak_images_per_s", "#90cdf4"), ("steady_images_per_s", "#2b6cb0"))):
+            v = r[key]
+            body.append(f'<rect x="{left}" y="{y + j * bar}" width="{width(v):.1f}" height="{bar - 1}" '
+                        f'fill="{colour}"/>')
+            body.append(f'<text x="{left + width(v) + 4:.1f}" y="{y + j * bar + 10}" font-size="9">{v:.3g}</text>')
+    return _svg(w, 54 + len(rows) * (bar * 2 + 8), body, "Configurations: peak vs sustained images/s (predicted)")
+
+
+def multi_series_svg(series: list[tuple[str, list[float], list[float]]], title: str, unit: str) -> str:
+    """Several time series on one log-scale chart, with a legend."""
+    w, h, pad, legend = 820, 320, 50, 230
+    ys = [y for _, _, s in series for y in s if y > 0] or [1.0]
+    lo, hi = math.log10(min(ys) / 1.2), math.log10(max(ys) * 1.2)
+    tmax = max((max(t) for _, t, _ in series if t), default=1.0) or 1.0
+
+    def px(x: float) -> float:
+        return pad + x / tmax * (w - 2 * pad - legend)
+
+    def py(y: float) -> float:
+        return h - pad - (math.log10(max(y, 10 ** lo)) - lo) / (hi - lo) * (h - 2 * pad)
+
+    body = [f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad - legend}" y2="{h - pad}" stroke="#000"/>',
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#000"/>',
+            f'<text x="{pad}" y="{h - 15}" font-size="11">time (s), 0-{tmax:.0f}</text>',
+            f'<text x="5" y="{pad - 8}" font-size="11">{html.escape(unit)} (log): {10 ** lo:.3g}-{10 ** hi:.3g}</text>']
+    for i, (name, t, ys_) in enumerate(series):
+        colour = _PALETTE[i % len(_PALETTE)]
+        path = " ".join(f"{'M' if k == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for k, (x, y) in enumerate(zip(t, ys_,
+                                                                                                          strict=True)))
+        body.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        ly = pad + i * 16
+        body.append(f'<rect x="{w - legend}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>')
+        body.append(f'<text x="{w - legend + 14}" y="{ly}" font-size="10">{html.escape(name)}</text>')
+    return _svg(w, h, body, title)
+
+
+def _comparison_html(comp: dict[str, Any] | None) -> list[str]:
+    if not comp or not comp.get("rows"):
+        return []
+    rows = comp["rows"]
+    series = [(r["config"], r["series"]["time_s"], r["series"]["latency_ms"]) for r in rows if r.get("series")]
+    return [comparison_bars_svg(rows),
+            multi_series_svg(series, "Per-image latency over a sustained run, by configuration (predicted)",
+                             "latency_ms")]
+
+
 def render_html(report: dict[str, Any]) -> str:
     lat = report["latency"]
     measured = (report.get("measured") or {}).get("per_kernel_ms")
@@ -194,6 +291,7 @@ def render_html(report: dict[str, Any]) -> str:
         series_svg(sim["time_s"], sim["temp_c"], "Temperature, images back to back (predicted)", "temp_c",
                    report["thermal"]["params"]["limit_c"]),
         series_svg(sim["time_s"], sim["latency_ms"], "Latency per image over time (predicted)", "latency_ms"),
+        *_comparison_html(report.get("comparison")),
         "<h2>Full report</h2><pre>", html.escape(render_markdown(report)), "</pre></body></html>",
     ]
     return "\n".join(parts) + "\n"

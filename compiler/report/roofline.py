@@ -8,6 +8,11 @@ shape of the loop nest they run in (parallel or serial, vector or scalar, reduct
 launch cost; the kernel takes the larger of that and its DRAM time. Accelerator backends get a
 roofline with the tuned-kernel efficiency and the estimate peak range. Every predicted figure
 carries ``low``/``high`` from the constants' ranges.
+
+Each kernel is marked by what limits its *predicted* time (``limited_by``: the compute term of the
+code as emitted, or its DRAM term) and, separately, by which term of the physical bound is larger
+(``roofline_limited_by``): untiled scalar code is compute-limited long before an ideal kernel of the
+same intensity would stop being memory-bound, and a report should show both.
 """
 
 from __future__ import annotations
@@ -30,10 +35,17 @@ class Prediction:
     bound_kind: str  # "compute" | "memory": which term of the physical bound is larger
     compute_bound_s: float | None
     memory_bound_s: float
+    predicted_kind: str = "memory"  # "compute" | "memory": which term sets the *predicted* time
+
+    @property
+    def limited_by(self) -> str:
+        """The kernel's mark: what limits it as predicted (code as emitted), not at the ideal roofline."""
+        return self.predicted_kind
 
     def to_json(self) -> dict[str, Any]:
         return {"predicted_ms": self.predicted_s * 1e3, "low_ms": self.low_s * 1e3, "high_ms": self.high_s * 1e3,
-                "bound_ms": self.bound_s * 1e3, "limited_by": self.bound_kind,
+                "bound_ms": self.bound_s * 1e3, "limited_by": self.predicted_kind,
+                "roofline_limited_by": self.bound_kind,
                 "compute_bound_ms": None if self.compute_bound_s is None else self.compute_bound_s * 1e3,
                 "memory_bound_ms": self.memory_bound_s * 1e3}
 
@@ -43,6 +55,48 @@ def physical_bound(flops: float, nbytes: float, machine: Machine, precision: str
     peak = machine.peak(precision)
     compute = flops / peak.value if peak.value else None
     return compute, nbytes / machine.dram_bytes_per_s
+
+
+CACHE_LINE_BYTES = 64
+L2_WAYS = 8  # associativity assumed for every L2 here (Zen, Cortex-A7xx: 8-way; stated, not probed)
+
+
+def column_capacity_lines(stride_bytes: int, cache_bytes: int, ways: int = L2_WAYS,
+                          line: int = CACHE_LINE_BYTES) -> int:
+    """Lines of a strided walk a set-associative cache can hold at once.
+
+    Addresses ``stride`` apart fall into ``sets / gcd(stride / line, sets)`` distinct sets, each
+    holding ``ways`` lines: a power-of-two stride uses few sets (set aliasing), an odd one all.
+    """
+    import math
+
+    sets = max(1, cache_bytes // (line * ways))
+    if stride_bytes <= line:
+        return sets * ways
+    return (sets // math.gcd(stride_bytes // line, sets)) * ways
+
+
+def scalar_mac_cycles(work: KernelWork, l2_bytes: int, constants: dict[str, float]) -> float:
+    """Cycles per scalar reduction step of an untiled reduction (no register or cache tiling).
+
+    Each output walks its reduction axis (length K) down a column of the strided operand; the
+    next output reuses those K cache lines if the L2 still holds them. So the cost is the in-L2
+    constant while K fits the L2's set-limited capacity for that stride, and grows by a constant
+    per doubling of K beyond it (each extra doubling evicts the lines the next output needs from
+    one more level of reuse). K and the stride are read from the kernel's work: K = reduction
+    stores / output elements; stride = the largest operand's row (its bytes / K), i.e. the [K, N]
+    weight of a matmul.
+    """
+    import math
+
+    red = sum(v for k, v in work.stores_by_class.items() if k.endswith("_red"))
+    k_len = max(1, red // max(1, work.out_elems))
+    stride = max(4, work.largest_input_bytes // k_len)
+    capacity = column_capacity_lines(stride, l2_bytes)
+    base = constants["cycles_per_scalar_mac"]
+    if k_len <= capacity:
+        return base
+    return base + constants["cycles_per_scalar_mac_per_miss_doubling"] * math.log2(k_len / capacity)
 
 
 def _cpu_compute_s(work: KernelWork, machine: Machine, pick: str) -> float:
@@ -59,14 +113,14 @@ def _cpu_compute_s(work: KernelWork, machine: Machine, pick: str) -> float:
         stores = work.stores_by_class.get(key, 0)
         parallel, vector, reduction = key.split("_")
         hz = par_hz if parallel == "par" else ser_hz
-        if ops == 0:  # pure data movement (copies, padding): per element, vectorised or not
-            total += stores * c["cycles_per_element_moved"] / hz
+        if ops == 0:  # pure data movement (copies, padding): per store instruction, which moves a vector's
+            # lanes at once when the loop is vectorised (the conv schedules' padding loops)
+            total += stores * c["cycles_per_element_moved"] / hz / (machine.fp32_lanes if vector == "vec" else 1)
         elif vector == "vec":
             rate = peak * c["vector_efficiency"] * (1.0 if parallel == "par" else 1.0 / machine.threads)
             total += ops / rate
         elif reduction == "red":
-            cached = work.largest_input_bytes <= machine.l2_bytes
-            total += stores * c["cycles_per_scalar_mac" if cached else "cycles_per_scalar_mac_uncached"] / hz
+            total += stores * scalar_mac_cycles(work, machine.l2_bytes, c) / hz
         else:
             total += ops * c["cycles_per_scalar_op"] / hz
     return total
@@ -81,8 +135,9 @@ def predict_kernel(work: KernelWork, machine: Machine) -> Prediction:
         launch = {p: (getattr(k["parallel_launch_us"], p) if work.parallel else getattr(k["serial_call_us"], p)) * 1e-6
                   for p in ("value", "low", "high")}
         eff = {"value": k["dram_efficiency"].value, "low": k["dram_efficiency"].high, "high": k["dram_efficiency"].low}
-        times = {p: launch[p] + max(_cpu_compute_s(work, machine, p), work.bytes / (machine.dram_bytes_per_s * eff[p]))
-                 for p in ("value", "low", "high")}
+        compute_s = {p: _cpu_compute_s(work, machine, p) for p in ("value", "low", "high")}
+        dram_s = {p: work.bytes / (machine.dram_bytes_per_s * eff[p]) for p in ("value", "low", "high")}
+        times = {p: launch[p] + max(compute_s[p], dram_s[p]) for p in ("value", "low", "high")}
     else:
         peak = machine.peak(work.precision)
         te = k["tuned_compute_efficiency"]
@@ -90,15 +145,16 @@ def predict_kernel(work: KernelWork, machine: Machine) -> Prediction:
         peaks = {"value": mid_peak, "low": peak.value or peak.high, "high": peak.value or peak.low}
         effs = {"value": te.value, "low": te.high, "high": te.low}
         deff = {"value": k["dram_efficiency"].value, "low": k["dram_efficiency"].high, "high": k["dram_efficiency"].low}
-        times = {}
+        times, compute_s, dram_s = {}, {}, {}
         for p in ("value", "low", "high"):
-            compute = work.flops / (peaks[p] * effs[p]) if peaks[p] else 0.0
-            times[p] = getattr(k["parallel_launch_us"], p) * 1e-6 + max(compute, work.bytes / (machine.dram_bytes_per_s
-                                                                                              * deff[p]))
+            compute_s[p] = work.flops / (peaks[p] * effs[p]) if peaks[p] else 0.0
+            dram_s[p] = work.bytes / (machine.dram_bytes_per_s * deff[p])
+            times[p] = getattr(k["parallel_launch_us"], p) * 1e-6 + max(compute_s[p], dram_s[p])
     predicted = times["value"]
     if compute_bound is not None and compute_bound >= memory_bound:
         kind = "compute"
     else:
         kind = "memory"
     return Prediction(predicted_s=predicted, low_s=min(times.values()), high_s=max(times.values()), bound_s=bound,
-                      bound_kind=kind, compute_bound_s=compute_bound, memory_bound_s=memory_bound)
+                      bound_kind=kind, compute_bound_s=compute_bound, memory_bound_s=memory_bound,
+                      predicted_kind="compute" if compute_s["value"] >= dram_s["value"] else "memory")

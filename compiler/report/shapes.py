@@ -49,11 +49,18 @@ def latent_hw(resolution: str) -> tuple[int, int]:
 
 def dit_work(config_name: str, resolution: str, plan: str) -> ShapeWork:
     """FLOPs and DRAM bytes of one denoising step of a DiT config at a resolution and plan."""
-    from banana.compiler.zoo import DIT_CONFIGS, dit_layer_shapes
+    from banana.compiler.zoo import DIT_CONFIGS
 
-    config = DIT_CONFIGS[config_name]
+    return config_work(DIT_CONFIGS[config_name], latent_hw(resolution), plan)
+
+
+def config_work(config: Any, latent: int | tuple[int, int] | None, plan: str) -> ShapeWork:
+    """``dit_work`` for a ``DiTConfig`` object (e.g. a variant with other K/V heads) at a latent size
+    (``None``: the config's own)."""
+    from banana.compiler.zoo import dit_layer_shapes
+
     wb, ab, _ = PLANS[plan]
-    layers = dit_layer_shapes(config, latent_hw(resolution))
+    layers = dit_layer_shapes(config, latent)
     flops = weights = acts = kv_gqa = kv_mha = 0.0
     tokens = 0
     for layer in layers:
