@@ -1,8 +1,10 @@
 """A model's tuning tasks: the fused PrimFuncs the LLVM lowering will compile, deduplicated.
 
-Tasks are extracted after exactly the passes :func:`banana.compiler.lowering.llvm_pipeline` runs
-before it consults a tuning database, so a record's workload is structurally equal to the
-PrimFunc the build later looks up.
+Tasks are extracted after exactly the passes each backend's lowering runs before it consults a
+tuning database (LLVM and Hexagon: Relax's CPU dispatch + legalize/fuse, as in
+:func:`banana.compiler.lowering.llvm_pipeline` and ``targets/hexagon/build.hexagon_pipeline``;
+OpenCL: the prefix of ``targets/opencl/lowering.opencl_lowering_passes`` before the dlight GPU
+rules), so a record's workload is structurally equal to the PrimFunc the build later looks up.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ class TuneTask:
 
 
 def pre_schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """The passes before scheduling (dispatch, legalize, fuse): shared with the lowering."""
+    """The passes before scheduling (dispatch, legalize, fuse): shared with the backend's lowering."""
+    if target.kind.name == "opencl":
+        from banana.targets.opencl.lowering import opencl_pre_schedule_passes
+
+        return opencl_pre_schedule_passes()
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     return cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
@@ -50,7 +56,7 @@ def extract_tune_tasks(mod: tvm.IRModule, target_json: dict[str, Any]) -> list[T
         workload = extracted.dispatched[0]
         if workload["main"].attrs.get("tirx.is_scheduled", False):
             # already scheduled (banana's own kernels): MetaSchedule's design space for them is empty
-            # and its search would loop on zero candidates; their knobs are not searched here yet
+            # and its search would loop on zero candidates; banana.tuning.knobs searches their knobs
             logger.info("task %s is already scheduled: not tuned", extracted.task_name)
             continue
         try:

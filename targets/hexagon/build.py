@@ -25,6 +25,7 @@ from tvm import relax
 from tvm.relax.backend import cpu_generic
 
 from banana.compiler.errors import ArtifactError, BadConfigError, ToolchainError
+from banana.tuning.apply import apply_records_pass
 
 from . import patches
 from .asm import hvx_instruction_stats
@@ -64,6 +65,7 @@ def hexagon_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     passes = (
         cpu_generic.library_dispatch_passes(target)
         + cpu_generic.legalize_passes(target)
+        + [apply_records_pass(target)]  # `banana compile --tuning-db`: tuned tasks first
         + [hvx_vectorize]
         + relax.backend.cpu_generic.pipeline.dataflow_lower_passes(target)
         + cpu_generic.finalize_passes(target)

@@ -64,8 +64,8 @@ def _is_scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
 
 
-def opencl_lowering_passes(rules: list[dl.ScheduleRule] | None = None) -> list[tvm.transform.Pass]:
-    """The pass list of :func:`lower_for_opencl`; must run inside ``with target:``."""
+def opencl_pre_schedule_passes() -> list[tvm.transform.Pass]:
+    """Legalize and fuse: the passes before scheduling, shared with ``banana tune``'s task extraction."""
     return [
         tirx.transform.BindTarget(tvm.target.Target.current(allow_none=False)),
         relax.transform.DecomposeOpsForInference(),
@@ -75,6 +75,16 @@ def opencl_lowering_passes(rules: list[dl.ScheduleRule] | None = None) -> list[t
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
+    ]
+
+
+def opencl_lowering_passes(rules: list[dl.ScheduleRule] | None = None) -> list[tvm.transform.Pass]:
+    """The pass list of :func:`lower_for_opencl`; must run inside ``with target:``."""
+    from banana.tuning.apply import apply_records_pass
+
+    return [
+        *opencl_pre_schedule_passes(),
+        apply_records_pass(tvm.target.Target.current(allow_none=False)),  # tuned tasks first
         ApplyGpuRules(default_gpu_rules() if rules is None else rules),
         # Reshape PrimFuncs become R.reshape again: views, not kernels.
         relax.transform.RewriteDataflowReshape(),

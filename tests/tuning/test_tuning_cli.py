@@ -13,7 +13,7 @@ from tests.conftest import make_mlp_model
     [
         (["--backend", "cpu", "--soc", "SM8650", "--runner", "local"], "--runner local measures this machine"),
         (["--backend", "host", "--runner", "rpc://nohost/key"], "rpc://HOST:PORT/KEY"),
-        (["--backend", "hexagon", "--soc", "SM8650", "--runner", "predict"], "tuning supports host, cpu"),
+        (["--backend", "adreno", "--soc", "SM8650", "--runner", "local"], "--runner local measures this machine"),
     ],
 )
 def test_tune_rejects_bad_runner_and_backend(tmp_path, capsys, extra: list[str], needle: str) -> None:

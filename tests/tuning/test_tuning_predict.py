@@ -1,5 +1,5 @@
-"""The predict runner: costs candidates from their TIR and the SoC's numbers; tunes arm64 with no
-device, and the tuned artifact still verifies under qemu-aarch64 against onnxruntime."""
+"""The predict runner: costs candidates from their TIR and the SoC's numbers; tunes arm64, Adreno
+and Hexagon with no device, and the tuned artifacts still verify (qemu-aarch64, PoCL) or build."""
 
 from __future__ import annotations
 
@@ -80,3 +80,111 @@ def test_predict_artifacts_live_in_their_own_directory(tmp_path, monkeypatch) ->
     parent = os.path.dirname(result.artifact_path)
     assert os.path.realpath(parent) != os.path.realpath(str(tmp_path))
     assert os.listdir(parent) == ["cost.json"]
+
+
+def _vectorized_along(axis: str) -> tvm.IRModule:
+    """The matmul with the reduction outside and one spatial axis vectorized by 8."""
+    sch = s_tir.Schedule(tvm.IRModule({"main": _matmul}))
+    i, j, k = sch.get_loops(sch.get_sblock("C"))
+    sch.reorder(k, i, j) if axis == "j" else sch.reorder(k, j, i)
+    inner = j if axis == "j" else i
+    _, vec = sch.split(inner, [None, 8])
+    sch.vectorize(vec)
+    return sch.mod
+
+
+def test_a_gather_costs_more_than_contiguous_vectors() -> None:
+    """Vectorizing j reads B[k, j] and C[i, j] contiguously; vectorizing i gathers A[i, k] and C[i, j]
+    with a 64-element stride: one scalar access per lane instead of one vector per 8 lanes."""
+    machine = CoreModel(cores=1, ghz=3.0, fp32_lanes=8, dram_bytes_per_s=60e9)
+    contiguous = predict_seconds(_vectorized_along("j"), machine)
+    gather = predict_seconds(_vectorized_along("i"), machine)
+    assert gather > 2 * contiguous
+
+
+def _design_space_candidates(target_json: dict, count: int) -> list[tvm.IRModule]:
+    """Real MetaSchedule candidates of the matmul task for a target (seeded, postprocessed)."""
+    import numpy as np
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.schedule import Trace
+
+    from banana.tuning.tune import lean_tensor_intrinsics
+
+    lean_tensor_intrinsics(target_json)
+    mod = tvm.IRModule({"main": _matmul})
+    context = ms.TuneContext(mod=mod, target=tvm.target.Target(target_json), space_generator="post-order-apply",
+                             task_name="matmul", rand_state=0, num_threads=1).clone()
+    spaces = context.generate_design_space()
+    rng = np.random.default_rng(0)
+    found = []
+    for attempt in range(count * 8):
+        sch = s_tir.Schedule(mod, seed=int(rng.integers(1, 2**30)))
+        try:
+            Trace(spaces[attempt % len(spaces)].trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+        except tvm.TVMError:
+            continue
+        if all(p.apply(sch) for p in context.space_generator.postprocs):
+            found.append(sch.mod)
+        if len(found) == count:
+            break
+    return found
+
+
+@pytest.mark.parametrize("backend", ["cpu", "adreno", "hexagon"])
+def test_each_backend_prices_its_candidates_differently_and_deterministically(backend: str) -> None:
+    from banana.targets.backends import get_backend
+    from banana.targets.soc import load_soc
+    from banana.tuning.predict import cost_function
+
+    soc = load_soc("SM8650")
+    candidates = _design_space_candidates(get_backend(backend).target(soc), 8)
+    assert len(candidates) >= 6
+    cost = cost_function(soc, backend)
+    first = [cost(mod) for mod in candidates]
+    assert all(0 < c < 1.0 for c in first), first  # a 64^3 matmul: microseconds, not seconds
+    assert len({round(c, 12) for c in first}) >= 4, first  # the model tells candidates apart
+    assert [cost(mod) for mod in candidates] == first  # and says the same thing twice
+
+
+def test_backends_use_the_registry_numbers() -> None:
+    from banana.targets.soc import load_soc
+    from banana.tuning.predict_gpu import GpuModel
+    from banana.tuning.predict_hvx import hvx_machine
+
+    soc = load_soc("SM8650")
+    hvx = hvx_machine(soc)
+    assert hvx.cores == soc.hexagon.hvx_contexts and hvx.fp32_lanes == soc.hexagon.hvx_vector_bytes // 4
+    gpu = GpuModel.from_soc(soc)
+    assert gpu.ghz == soc.gpu.max_ghz and gpu.dram_bytes_per_s == soc.dram_bandwidth_bytes_per_s
+    # a faster GPU clock with the same peak means fewer lanes to fill: a small launch is no slower
+    assert GpuModel(gpu.peak_fp32_ops_per_s, 2 * gpu.ghz, gpu.dram_bytes_per_s).fma_lanes < gpu.fma_lanes
+
+
+@pytest.mark.slow  # MetaSchedule search, every candidate run on PoCL, then a PoCL-verified build: minutes
+def test_predict_tunes_adreno_without_a_device_and_the_artifact_verifies_on_pocl(tmp_path, monkeypatch) -> None:
+    from banana.compiler.pipeline import compile_model
+    from banana.tuning.tune import tune_model
+
+    monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "pocl"))
+    model = make_mlp_model(tmp_path / "mlp.onnx")
+    report = tune_model(model, backend="adreno", soc="SM8650", trials=8, runner="predict", db_root=tmp_path / "db",
+                        trials_per_iter=8)
+    assert report.trials_run >= 1 and report.runner == "predict"
+    result = compile_model(model, backend="adreno", soc="SM8650", out=tmp_path / "out", tuning_db=tmp_path / "db",
+                           verify=True)
+    assert result.manifest["tuning"]["tuned_tasks"]
+    assert result.verify is not None and result.verify.executed and result.verify.ok
+
+
+@pytest.mark.slow  # MetaSchedule search + a Hexagon build (LLVM's Hexagon backend): about a minute or more
+def test_predict_tunes_hexagon_without_a_device_and_the_tuned_build_succeeds(tmp_path) -> None:
+    from banana.compiler.pipeline import compile_model
+    from banana.tuning.tune import tune_model
+
+    model = make_mlp_model(tmp_path / "mlp.onnx")
+    report = tune_model(model, backend="hexagon", soc="SM8650", trials=8, runner="predict",
+                        db_root=tmp_path / "db", trials_per_iter=8)
+    assert report.trials_run >= 1
+    result = compile_model(model, backend="hexagon", soc="SM8650", out=tmp_path / "out", tuning_db=tmp_path / "db")
+    assert result.manifest["tuning"]["tuned_tasks"]
+    assert (tmp_path / "out" / "model.so").read_bytes()[:4] == b"\x7fELF"
