@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent setup of everything banana needs on a fresh Debian machine with Python 3.11:
-# system packages (aarch64 cross toolchain, qemu-user, PoCL, lld, Chromium for the HTML report test), a project venv
+# system packages (aarch64 cross toolchain, qemu-user, PoCL, lld, Chromium for the HTML report test, PostgreSQL for
+# the multi-worker sweep test, clang-15 for the qemu-hexagon test driver), a project venv
 # in .venv, the pinned Python dependencies, and the arm64 TVM runtime used to verify under qemu.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 apt_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user lld pocl-opencl-icd
-          ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo chromium)
+          ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo chromium postgresql clang-15)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
