@@ -39,6 +39,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         rtol=args.rtol,
         on_stage=_stage_printer,
         tuning_db=args.tuning_db,
+        allow_float_fallback=args.allow_float_fallback,
     )
     manifest = result.manifest
     total = sum(f["bytes"] for f in manifest["files"])
@@ -46,6 +47,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     print(f"  soc {manifest['soc']['id']} ({manifest['soc']['name']}), backend {manifest['backend']}, "
           f"{len(manifest['files'])} files, {total / 1e6:.2f} MB")
     print("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings_s.items()))
+    if "integer" in manifest:
+        layers = manifest["integer"]["layers"]
+        fallbacks = manifest["integer"]["float_fallbacks"]
+        kernels = sorted({x["kernel"] for x in layers if x["epilogue"] != "float-fallback"})
+        print(f"  integer: {len(layers) - len(fallbacks)} quantized layers on {', '.join(kernels) or '-'} "
+              f"(precision {manifest['precision']})"
+              + (f"; {len(fallbacks)} in float: {', '.join(fallbacks)}" if fallbacks else ""))
     if result.tuning is not None:
         t = result.tuning
         if not t.consulted:
@@ -137,9 +145,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from banana.compiler.report import measure_host_artifact, repredict
+    from banana.compiler.report import measure_artifact, repredict
 
-    measured = measure_host_artifact(args.artifact) if args.measure else None
+    measured = measure_artifact(args.artifact, args.measure) if args.measure else None
     out_dir = args.output or (args.artifact if args.soc is None else None)
     report = repredict(args.artifact, args.soc, target_ms=args.target_ms, target_fps=args.target_fps,
                        out_dir=None)
@@ -159,7 +167,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"  {key}: {r['predicted_ms']:.3f} ms predicted (range {r['low_ms']:.3f}-{r['high_ms']:.3f}), "
               f"physical bound {r['bound_ms']:.3f} ms")
     if measured is not None:
-        print(f"  host MEASURED: {measured['latency_ms']:.3f} ms per call (median of {measured['repeats']})")
+        where = measured.get("rpc", "host")
+        print(f"  MEASURED on {where}: {measured['latency_ms']:.3f} ms per call (median of {measured['repeats']}, "
+              f"min {measured['latency_min_ms']:.3f}); predicted per step {lat['per_step']['predicted_ms']:.3f} ms")
     for name, t in report["targets"].items():
         print(f"  {name}: physically possible {t['physically_possible']}, predicted feasible {t['predicted_feasible']}")
     if args.dit_table:
@@ -216,6 +226,39 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from banana.tuning.sweep import SweepConfig, run_sweep
+    from banana.tuning.sweep_pareto import table
+
+    def progress(t: object) -> None:
+        from optuna.trial import FrozenTrial
+
+        assert isinstance(t, FrozenTrial)
+        if t.values:
+            print(f"[banana] trial {t.number}: {t.params} -> {t.values[0]:.3f} ms/image, {t.values[1]:.2f} dB, "
+                  f"{int(t.values[2])} bytes", file=sys.stderr, flush=True)
+        else:
+            print(f"[banana] trial {t.number} {t.state.name}: {t.user_attrs.get('error', '')}", file=sys.stderr)
+
+    config = SweepConfig(model=args.model, backend=args.backend, soc=args.soc, trials=args.trials, out=args.out,
+                         storage=args.storage, study_name=args.study_name, workers=args.workers, space=args.space,
+                         seed=args.seed, cache_dir=args.cache, latency=args.latency,
+                         fidelity_reference=args.fidelity_reference)
+    result = run_sweep(config, on_trial=progress)
+    doc, plan = result.document, result.plan
+    n = doc["trials"]
+    print(f"study {plan.study_name} in {doc['storage']}: {n['complete']} complete, {n['failed']} failed, "
+          f"{n['running']} running elsewhere of {n['requested']} ({result.elapsed_s:.0f} s)")
+    print(f"Pareto front ({len(doc['front'])} of {n['complete']}; latency per image, fidelity vs float, bytes):")
+    print(table(doc["front"]), end="")
+    print(f"written: {Path(plan.out) / 'pareto.json'}, pareto.md, pareto.png")
+    bad = [c for c in result.worker_exit_codes if c != 0]
+    if bad:
+        print(f"banana: error: {len(bad)} worker process(es) exited with codes {bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from banana.targets.backends import backend_names
 
@@ -233,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="run the artifact and compare with onnxruntime")
     p.add_argument("--rtol", type=float, help="max relative error for --verify (default 1e-4; 1e-2 for QDQ models)")
     p.add_argument("--tuning-db", type=Path, metavar="DB", help="apply records of `banana tune --db DB`")
+    p.add_argument("--allow-float-fallback", action="store_true",
+                   help="QDQ models: run quantized layers the backend cannot run in integer arithmetic in float "
+                        "(listed in the manifest) instead of failing")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("tune", help="autotune a model's tasks (MetaSchedule) into a tuning database")
@@ -259,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soc", help="re-predict for this SoC without recompiling")
     p.add_argument("--target-ms", type=float, help="judge a per-image latency target")
     p.add_argument("--target-fps", type=float, help="judge a frame-rate target")
-    p.add_argument("--measure", action="store_true", help="host artifacts: measure latency here")
+    p.add_argument("--measure", nargs="?", const="host", metavar="WHERE",
+                   help="measure latency: 'host' (default; host artifacts, here) or rpc://HOST:PORT/KEY (a device "
+                        "behind a TVM RPC tracker; host/cpu artifacts)")
     p.add_argument("--dit-table", action="store_true", help="print the by-shape DiT table (1.8b, INT8/INT4)")
     p.add_argument("-o", "--output", type=Path, help="write report.json/.md/.html here")
     p.set_defaults(func=_cmd_report)
@@ -278,6 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=300, help="DQAT iterations")
     p.add_argument("--calibration-seeds", type=int, default=64, help="number of calibration seeds")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("sweep", help="multi-objective Optuna study over pipeline choices (Pareto front)")
+    p.add_argument("model", help="zoo:NAME (quantizable) or an ONNX file (fp32 only)")
+    p.add_argument("--soc", help="SoC id or alias (not needed for --backend host)")
+    p.add_argument("--backend", required=True, choices=backend_names())
+    p.add_argument("--trials", type=int, required=True, help="trials in the study in total, over all workers")
+    p.add_argument("--out", type=Path, default=Path("sweep"), help="pareto.json/.md/.png (+ sweep.db) here")
+    p.add_argument("--storage", help="sqlite:///PATH (default OUT/sweep.db) or postgresql://USER@HOST:PORT/DB")
+    p.add_argument("--study-name", help="join this study (default: derived from model, SoC, backend, space)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--space", help='JSON (inline or file) restricting dimensions, e.g. \'{"precision": ["fp32"]}\'')
+    p.add_argument("--latency", default="predicted", choices=["predicted", "measured"],
+                   help="measured: time host artifacts here")
+    p.add_argument("--fidelity-reference", default="max-steps", choices=["max-steps", "same-steps"],
+                   help="PSNR vs the float model at the most steps of the space (default) or at the trial's")
+    p.add_argument("--cache", type=Path, help="content-addressed cache of plans/artifacts (default .cache/sweep)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("socs", help="list the SoCs in the registry")
     p.set_defaults(func=_cmd_socs)

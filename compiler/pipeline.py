@@ -2,8 +2,10 @@
 
     import     ONNX file (or torch module, or a bundled reference) -> validated Relax + weights
     quantize   separate command (banana.compiler.quantize.api.quantize / `banana quantize`): DQAT ->
-               QDQ ONNX + plan.json; compile takes its QDQ graphs (legalised to float math today)
-    fuse       GQA/MHA attention -> one call of banana.kernels' fused kernel per site (every backend)
+               QDQ ONNX + plan.json; compile takes its QDQ graphs: quantized layers are cut out
+               before import (passes.integer_match) and lowered after fusion to integer kernels
+    fuse       GQA/MHA attention -> one call of banana.kernels' fused kernel per site (every backend);
+               quantized layers -> int GEMM + requant epilogue (passes.integer)
     build      the backend lowers, schedules (tuning records from `banana tune` first, if given)
                and generates code for the SoC
     report     predicted latency (roofline per kernel), memory, thermal: report.json/.md/.html
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from banana.compiler.artifact import WEIGHTS, Artifact, finalize_manifest, save_weights, staged_directory
-from banana.compiler.frontend.importer import ImportedModel, import_onnx
+from banana.compiler.frontend.importer import ImportedModel
 from banana.compiler.verify import VerifyReport, verify_artifact
 from banana.targets.backends import get_backend
 from banana.targets.soc import Soc
@@ -184,6 +186,9 @@ def compile_model(
     on_stage: Callable[[str], None] | None = None,
     tuning_db: Path | str | None = None,
     example_inputs: dict[str, Any] | None = None,
+    fuse: bool = True,
+    allow_float_fallback: bool = False,
+    integer_taps: bool = False,
 ) -> CompileResult:
     """Run the pipeline; ``out`` appears only if every stage (and verification, if asked) passes.
 
@@ -191,6 +196,14 @@ def compile_model(
 
     ``tuning_db``: a ``banana tune`` database root; its records for this SoC and backend replace
     the default schedules of the tasks they cover (the manifest lists tuned and untuned tasks).
+
+    ``fuse=False`` skips the fuse stage (TVM's unfused lowering everywhere): ``banana sweep``
+    measures what fusion is worth.
+
+    QDQ models: quantized layers run as integer kernels (banana.compiler.passes.integer); one
+    that cannot is an error naming it unless ``allow_float_fallback`` (then listed in the
+    manifest). ``integer_taps``: ``main`` also returns every layer's integer tensors (for the
+    bit-exact check against banana.compiler.quantize.integer_reference; not for shipping).
     """
     from banana.tuning.apply import apply_tuning_database
 
@@ -200,16 +213,34 @@ def compile_model(
     out = Path(out)
     with timer.stage("import"):
         path, reference = resolve_model(model, example_inputs=example_inputs)
-        imported = import_onnx(path, shapes)
+        from banana.compiler.passes.integer_stage import import_with_integer_regions
+
+        imported, integer_plan = import_with_integer_regions(path, shapes, backend,
+                                                             allow_float_fallback=allow_float_fallback)
     with timer.stage("fuse"):
         from banana.compiler.passes.stage import fuse_stage
 
-        fusion = fuse_stage(imported.mod, backend, backend_impl.target(target_soc),
-                            params=dict(zip(imported.weight_names, imported.weights, strict=True)))
+        if fuse:
+            from banana.tuning.knobs import load_tuned_knobs
+
+            tuned_knobs = load_tuned_knobs(tuning_db, target_soc.id, backend)  # {} without knobs
+            fusion = fuse_stage(imported.mod, backend, backend_impl.target(target_soc),
+                                params=dict(zip(imported.weight_names, imported.weights, strict=True)),
+                                knobs=tuned_knobs)
+        else:
+            from banana.compiler.passes.attention import AttentionFusion
+
+            fusion = AttentionFusion(mod=imported.mod)
         imported.mod = fusion.mod
+        from banana.compiler.passes.integer_stage import integer_stage, precision_label
+
+        integer = integer_stage(imported, integer_plan, backend_impl.target(target_soc), taps=integer_taps)
     with staged_directory(out) as staging:
         with timer.stage("build"), apply_tuning_database(tuning_db, target_soc.id, backend) as tuning:
             build = backend_impl.build(imported, target_soc, staging)
+            from banana.tuning.apply import record_attention_kernels
+
+            record_attention_kernels(tuning, fusion.sites, set(tuned_knobs) if fuse else set())
         with timer.stage("report"):  # predicted latency/memory/thermal; checksummed with the rest
             from banana.compiler.report import report_stage
 
@@ -218,6 +249,11 @@ def compile_model(
             save_weights(imported.weights, staging / WEIGHTS)
             manifest = _manifest(imported, target_soc, backend, build, reference, timer.timings)
             manifest["attention"] = fusion.to_json()
+            manifest["precision"] = precision_label(integer)
+            if integer is not None or integer_plan.fallbacks:
+                manifest["integer"] = integer_plan.to_json(integer)
+                if integer is not None and integer_taps:
+                    manifest["integer"]["taps"] = [{"layer": t.region, "kind": t.kind} for t in integer.taps]
             if tuning is not None:
                 manifest["tuning"] = tuning.to_json()
             manifest = finalize_manifest(staging, manifest)

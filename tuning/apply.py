@@ -86,3 +86,29 @@ def apply_active_records(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IR
         (applied.tuned if func.attrs.get("tirx.is_scheduled", False) else applied.untuned).append(name)
     logger.info("tuning records applied to %d of %d tasks", len(applied.tuned), len(names))
     return mod
+
+
+def record_attention_kernels(applied: TuningApplied | None, sites: list[Any], tuned_keys: set[str]) -> None:
+    """List banana's fused attention kernels as tuned (knobs from ``banana tune``) or untuned.
+
+    They are ``tirx.is_scheduled``, so :func:`apply_active_records` never names them; ``sites`` are
+    the fuse stage's records (``AttentionSite``), ``tuned_keys`` the spec keys that had stored knobs.
+    """
+    if applied is None or not sites:
+        return
+    from banana.tuning.knobs import spec_from_site, spec_key
+
+    for site in sites:
+        bucket = applied.tuned if spec_key(spec_from_site(site)) in tuned_keys else applied.untuned
+        if site.kernel not in bucket:
+            bucket.append(site.kernel)
+
+
+def apply_records_pass(target: tvm.target.Target) -> tvm.transform.Pass:
+    """:func:`apply_active_records` as a module pass, for a backend's lowering pass list."""
+
+    @tvm.transform.module_pass(opt_level=0, name="banana.apply_tuning_records")
+    def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return apply_active_records(mod, target)
+
+    return _apply

@@ -30,7 +30,8 @@ from banana.tuning.tasks import TuneTask, extract_tune_tasks, select_tasks
 
 logger = logging.getLogger(__name__)
 
-TUNABLE_BACKENDS = ("host", "cpu")
+TUNABLE_BACKENDS = ("host", "cpu", "adreno", "hexagon")
+KNOB_BACKENDS = ("host", "cpu")  # banana.tuning.knobs.KNOB_BACKENDS (not imported: keeps this module light)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TuneReport:
     rejected: int
     failed: int
     elapsed_s: float
+    knobs: list[Any] = field(default_factory=list)  # banana.tuning.knobs.KnobReport per attention kernel
 
     @property
     def trials_per_minute(self) -> float:
@@ -206,7 +208,7 @@ def tune_imported(
     tasks = extract_tune_tasks(imported.mod, target)
     plan = select_tasks(tasks, trials)
     planned = {t.name for t, _ in plan}
-    session = _Session(checker or CandidateChecker(seed=seed), db, plan, on_progress)
+    session = _Session(checker or CandidateChecker(seed=seed, target=target), db, plan, on_progress)
     tvm_target = tvm.target.Target(target)
     session.target = tvm_target
     cores = int(target.get("num-cores", os.cpu_count() or 1))
@@ -237,7 +239,7 @@ def tune_imported(
                 continue
             session.task = task
             session.workload = db.ms.commit_workload(task.mod)
-            (task_logger,) = ms.logging.get_loggers_from_work_dir(str(db.directory), [task.name])
+            (task_logger,) = _task_loggers(str(db.directory), task.name)
             context = ms.TuneContext(mod=task.mod, target=tvm_target, space_generator="post-order-apply",
                                      search_strategy=_strategy(), task_name=task.name, logger=task_logger,
                                      rand_state=seed + index, num_threads=cores).clone()
@@ -260,11 +262,30 @@ def tune_imported(
                       session.run, session.rejected, session.failed, time.perf_counter() - session.started)
 
 
+def _task_loggers(work_dir: str, task_name: str) -> list[Any]:
+    """MetaSchedule's per-task file loggers, tolerating handlers without a name on its logger.
+
+    ``create_loggers`` rebuilds a ``logging.config`` dict from the names of the handlers already
+    attached to ``tvm.s_tir.meta_schedule`` and fails on an unnamed one (``None.format``), which is
+    what a second tuning run in one process (e.g. a test session) finds there. Unnamed handlers are
+    detached for the call and put back after.
+    """
+    root = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in root.handlers if h.get_name() is None]
+    for handler in unnamed:
+        root.removeHandler(handler)
+    try:
+        return ms.logging.get_loggers_from_work_dir(work_dir, [task_name])
+    finally:
+        for handler in unnamed:
+            root.addHandler(handler)
+
+
 def _builder_for(spec: RunnerSpec, soc: Any, backend: str) -> Any:
     if spec.kind == "predict":
-        from banana.tuning.predict import CoreModel, PredictBuilder
+        from banana.tuning.predict import PredictBuilder, cost_function
 
-        return PredictBuilder(CoreModel.from_soc(soc, backend))
+        return PredictBuilder(cost_function(soc, backend))
     from banana.tuning.builders import local_builder
 
     return local_builder()
@@ -273,11 +294,32 @@ def _builder_for(spec: RunnerSpec, soc: Any, backend: str) -> Any:
 def _as_built(mod: Any, backend: str, target: dict[str, Any]) -> Any:
     """The module exactly as the pipeline hands it to the backend (after its fuse stage, if any),
     so tasks tuned here are structurally equal to those the build looks up."""
+    return _fused(mod, backend, target)[0]
+
+
+def _fused(mod: Any, backend: str, target: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """(module after the fuse stage, its attention site records) with default knobs."""
     try:
         from banana.compiler.passes.stage import fuse_stage
     except ImportError:
-        return mod
-    return fuse_stage(mod, backend, target).mod
+        return mod, []
+    fusion = fuse_stage(mod, backend, target)
+    return fusion.mod, list(fusion.sites)
+
+
+def _tune_knobs(sites: list[Any], *, backend: str, soc: Any, target: dict[str, Any], trials: int,
+                spec: RunnerSpec, db_root: Path | str, seed: int) -> list[Any]:
+    """Search the attention kernels' knobs with ``trials`` (see :mod:`banana.tuning.knobs`)."""
+    from banana.tuning.knobs import KnobStore, distinct_specs, tune_attention_knobs
+
+    specs = distinct_specs(sites)
+    if not specs or trials <= 0:
+        return []
+    store = KnobStore.open(db_root, soc.id, backend)
+    return tune_attention_knobs(specs, store=store, target=target, trials=trials,
+                                builder=_builder_for(spec, soc, backend),
+                                runner=make_runner(spec, backend, soc=soc, target=target),
+                                checker=CandidateChecker(seed=seed, target=target), runner_name=str(spec))
 
 
 def tune_model(
@@ -309,7 +351,16 @@ def tune_model(
         raise BadConfigError(f"--backend {backend}: tuning supports {', '.join(TUNABLE_BACKENDS)} for now")
     path, _ = resolve_model(model)
     imported = import_onnx(path, shapes)
-    imported.mod = _as_built(imported.mod, backend, backend_impl.target(target_soc))
-    return tune_imported(imported, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
-                         trials=trials, runner=spec, db_root=db_root, seed=seed, on_progress=on_progress,
-                         trials_per_iter=trials_per_iter)
+    imported.mod, sites = _fused(imported.mod, backend, backend_impl.target(target_soc))
+    knob_trials = 0
+    if backend in KNOB_BACKENDS:  # banana's own kernels: a share of --trials searches their knobs
+        from banana.tuning.knobs import distinct_specs, knob_budget
+
+        knob_trials = knob_budget(trials, len(distinct_specs(sites)))
+    report = tune_imported(imported, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
+                           trials=trials - knob_trials, runner=spec, db_root=db_root, seed=seed,
+                           on_progress=on_progress, trials_per_iter=trials_per_iter)
+    if knob_trials:
+        report.knobs = _tune_knobs(sites, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
+                                   trials=knob_trials, spec=spec, db_root=db_root, seed=seed)
+    return report

@@ -21,6 +21,7 @@ from banana.compiler.passes.attention import (
     gpu_kernel,
     hexagon_kernel,
 )
+from banana.kernels.attention import AttentionKnobs, AttentionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,22 @@ ATTENTION_BACKENDS: dict[str, KernelFactory] = {
 
 
 def fuse_stage(mod: Any, backend: str, target: dict[str, Any],
-               params: dict[str, np.ndarray] | None = None) -> AttentionFusion:
+               params: dict[str, np.ndarray] | None = None,
+               knobs: dict[str, AttentionKnobs] | None = None) -> AttentionFusion:
     """Run the fusion passes that ``backend`` supports; returns the module and site records.
 
     ``params`` (weight name -> value) lets the matcher read constant masks stored as weights.
+    ``knobs`` (``banana.tuning.knobs.spec_key`` -> knobs, from ``banana tune``) replace the default
+    knobs of the CPU kernels they name; kernels not named keep the defaults.
     """
     num_cores = int(target.get("num-cores", 1)) if isinstance(target, dict) else 1
+    if knobs and ATTENTION_BACKENDS.get(backend) is cpu_kernel:
+        from banana.tuning.knobs import spec_key
+
+        def tuned(spec: AttentionSpec, cores: int) -> tuple[Any, dict[str, int]]:
+            return cpu_kernel(spec, cores, knobs.get(spec_key(spec)))
+
+        return fuse_attention(mod, num_cores=num_cores, kernel=tuned, params=params)
     if backend in ATTENTION_BACKENDS:
         return fuse_attention(mod, num_cores=num_cores, kernel=ATTENTION_BACKENDS[backend], params=params)
     fusion = fuse_attention(mod, num_cores=num_cores, params=params)
