@@ -58,3 +58,18 @@ def test_greedy_search_spends_bytes_where_it_helps(nano: torch.nn.Module, nano_c
     first = next(n for n, p in res.path[1].items() if p.weight == "int8")
     ranked = sorted(res.sensitivity, key=res.sensitivity.get)
     assert first in ranked[: len(ranked) // 2]
+
+
+@pytest.mark.parametrize("backend,upgrade", [("cpu", ("fp16", "fp16")), ("hexagon", ("int8", "int16"))])
+def test_search_buys_fp16_or_int16_where_the_backend_offers_them(nano: torch.nn.Module, nano_cal: Calibration,
+                                                                 backend: str, upgrade: tuple[str, str]) -> None:
+    """Beyond INT4/INT8 weights: the path climbs to the backend's most accurate pair (FP16 on the ARM CPU,
+    INT16 activations on Hexagon), each step costing bytes and predicted to gain PSNR."""
+    ranges = activation_ranges(nano_cal, "mse")
+    res = greedy_search(nano, nano_cal, ranges, {n: 1 for n in ranges}, backend=backend, seeds=range(2))
+    pairs = {(p.weight, p.act) for plan in res.path for p in plan.values()}
+    assert pairs <= set(supported_pairs(backend))
+    assert upgrade in pairs  # the search really chose the wider pair for some layers
+    assert any((p.weight, p.act) == upgrade for p in res.path[-1].values())
+    assert np.all(np.diff(res.predicted_psnr) >= -1e-9)
+    assert res.sizes[-1]["model_bytes"] + res.sizes[-1]["conversion_bytes"] > res.sizes[0]["model_bytes"]
