@@ -1,7 +1,10 @@
 """Relax lowering for LLVM targets (host x86, arm64): one pipeline, target-specific only in data.
 
 TVM's stock CPU pipeline legalises and fuses but schedules nothing; dlight's CPU rules give
-reductions and GEMVs a parallel, vectorised schedule without tuning. Tuning records (the tuning
+reductions and GEMVs a parallel, vectorised schedule without tuning. With ``gemm_kernels=True``
+fp32 matmuls become banana's register-tiled GEMM kernel before legalisation
+(:mod:`banana.compiler.passes.gemm`; dlight has no CPU GEMM rule): ~30x faster on the small DiT,
+but opt-in until the report's latency model prices it (its host check fails with it). Tuning records (the tuning
 issue) slot in here, before the rules, so tuned kernels win and the rules cover the rest.
 """
 
@@ -15,15 +18,18 @@ import tvm
 logger = logging.getLogger(__name__)
 
 
-def llvm_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = False) -> tvm.transform.Pass:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
+
+    from banana.compiler.passes.gemm import f32_gemm_pass
 
     @tvm.transform.module_pass(opt_level=0, name="banana.llvm_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             passes = (
                 cpu_generic.library_dispatch_passes(target)
+                + ([f32_gemm_pass(target)] if gemm_kernels else [])  # fp32 matmuls -> scheduled kernel
                 + cpu_generic.legalize_passes(target)
                 + [_apply_tuning_records(target)]  # tuned tasks first; the rules below skip them
                 + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
@@ -47,8 +53,9 @@ def _apply_tuning_records(target: tvm.target.Target) -> tvm.transform.Pass:
     return _apply
 
 
-def compile_llvm(mod: tvm.IRModule, target_json: dict[str, Any]) -> tvm.runtime.Executable:
+def compile_llvm(mod: tvm.IRModule, target_json: dict[str, Any], *,
+                 gemm_kernels: bool = False) -> tvm.runtime.Executable:
     """Lower and build a Relax module for an LLVM target (the host or a cross target)."""
     target = tvm.target.Target(target_json)
-    lowered = llvm_pipeline(target)(mod)
+    lowered = llvm_pipeline(target, gemm_kernels=gemm_kernels)(mod)
     return tvm.compile(lowered, target=target, relax_pipeline=None)
