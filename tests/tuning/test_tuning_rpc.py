@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,57 +9,17 @@ import pytest
 from banana.tuning.runners import parse_runner
 from banana.tuning.tune import tune_model
 from tests.conftest import make_mlp_model
+from tests.rpc_loopback import loopback_rpc_farm
 
 KEY = "banana-loopback"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _query_tracker(port: int) -> str:
-    from tvm import rpc
-
-    return str(rpc.connect_tracker("127.0.0.1", port).text_summary())
-
-
 @pytest.fixture
 def rpc_farm() -> Iterator[int]:
-    """A tracker and one host RPC server behind it, each bounded by `timeout` so they end by themselves."""
+    """A tracker and one host RPC server behind it (tests/rpc_loopback.py)."""
     pytest.importorskip("tornado")
-    port = _free_port()
-    procs = [subprocess.Popen(["timeout", "600", sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _query_tracker(port)
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        server_port = _free_port()
-        procs.append(subprocess.Popen(["timeout", "600", sys.executable, "-m", "tvm.exec.rpc_server",
-                                       "--host", "127.0.0.1", "--port", str(server_port),
-                                       "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}",
-                                       "--key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while KEY not in _query_tracker(port):
-            if time.monotonic() > deadline:
-                raise TimeoutError("RPC server did not register with the tracker")
-            time.sleep(0.3)
+    with loopback_rpc_farm(KEY) as port:
         yield port
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_parse_runner_specs() -> None:

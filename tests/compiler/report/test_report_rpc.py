@@ -3,10 +3,6 @@ TVM RPC tracker (tracker and server started here on loopback), and `--measure` o
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,58 +12,17 @@ import pytest
 from banana.compiler.cli import main
 from banana.compiler.pipeline import compile_model
 from banana.compiler.report import read_report
+from tests.rpc_loopback import free_port, loopback_rpc_farm
 
 KEY = "banana-report-loopback"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _summary(port: int) -> str:
-    from tvm import rpc
-
-    return str(rpc.connect_tracker("127.0.0.1", port).text_summary())
-
-
 @pytest.fixture(scope="module")
 def tracker() -> Iterator[int]:
-    """A tracker and one host RPC server behind it, each bounded by `timeout` so they end by themselves."""
+    """A tracker and one host RPC server behind it (tests/rpc_loopback.py)."""
     pytest.importorskip("tornado")
-    port = _free_port()
-    procs = [subprocess.Popen(["timeout", "600", sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        # the tracker binds only after its worker process has imported tvm: tens of seconds on a loaded host
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=5).close()
-                break
-            except OSError:  # not listening yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        server_port = _free_port()
-        procs.append(subprocess.Popen(["timeout", "600", sys.executable, "-m", "tvm.exec.rpc_server",
-                                       "--host", "127.0.0.1", "--port", str(server_port),
-                                       "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}",
-                                       "--key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while KEY not in _summary(port):
-            if time.monotonic() > deadline:
-                raise TimeoutError("RPC server did not register with the tracker")
-            time.sleep(0.3)
+    with loopback_rpc_farm(KEY) as port:
         yield port
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +73,7 @@ def test_measure_on_the_host_and_bad_targets(artifact: Path, tmp_path: Path,
     assert measured["where"] == "host" and measured["latency_ms"] > 0.01
     assert set(measured["per_kernel_ms"]) <= set(read_report(out / "report.json")["work"]["kernels"])
     # an unreachable tracker and a malformed target: one line, exit 2, no partial output
-    for bad in (f"rpc://127.0.0.1:{_free_port()}/nobody", "tcp://somewhere"):
+    for bad in (f"rpc://127.0.0.1:{free_port()}/nobody", "tcp://somewhere"):
         target = tmp_path / "bad"
         assert main(["report", str(artifact), "--measure", bad, "-o", str(target)]) == 2
         assert not target.exists()
