@@ -76,7 +76,7 @@ def _torch_runner(model: str) -> Callable[[], None]:
     return run
 
 
-def _time_round_robin(engines: dict[str, Callable[[], None]], rounds: int, budget_s: float) -> dict[str, float]:
+def time_round_robin(engines: dict[str, Callable[[], None]], rounds: int, budget_s: float) -> dict[str, float]:
     for fn in engines.values():  # warm up (first-call allocation, thread pools)
         fn()
         fn()
@@ -105,7 +105,7 @@ def main() -> None:
             tuned, info = _banana_runner(model, Path(tmp) / f"{model}-tuned", args.tuning_db)
             untuned, _ = _banana_runner(model, Path(tmp) / f"{model}-untuned", None)
             engines = {"tuned": tuned, "untuned": untuned, "ort": _ort_runner(model), "torch": _torch_runner(model)}
-            ms = _time_round_robin(engines, args.rounds, args.budget_s)
+            ms = time_round_robin(engines, args.rounds, args.budget_s)
             ratios = {f"tuned_over_{k}": round(ms["tuned"] / ms[k], 4) for k in ("ort", "untuned", "torch")}
             per_model[model] = {**{f"{k}_ms": round(v, 4) for k, v in ms.items()}, **ratios,
                                 "tuned_tasks": len(info.get("tuned_tasks", [])),

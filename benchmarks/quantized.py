@@ -24,10 +24,8 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,22 +99,6 @@ def ort_runner(path: Path) -> Callable[[], None]:
     return lambda: session.run(None, feed)
 
 
-def time_round_robin(engines: dict[str, Callable[[], None]], rounds: int, budget_s: float) -> dict[str, float]:
-    for fn in engines.values():
-        fn()
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in engines}
-    start = time.perf_counter()
-    for _ in range(rounds):
-        for name, fn in engines.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s:
-            break
-    return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
-
-
 def artifact_bytes(manifest: dict, weights_only: bool) -> int:
     return sum(f["bytes"] for f in manifest["files"] if not weights_only or f["path"] == manifest["weights"]["file"])
 
@@ -134,6 +116,8 @@ def mac_share() -> float | None:
 
 
 def main() -> None:
+    from host import time_round_robin  # benchmarks/host.py: the same side-by-side timing loop
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--budget-s", type=float, default=60.0)

@@ -51,7 +51,7 @@ class Workload:
     build: Callable[[], Any]  # () -> IRModule with a ``main``
 
 
-def _single_op(shapes: list[tuple[int, ...]], op: Callable[..., Any]) -> Any:
+def single_op_module(shapes: list[tuple[int, ...]], op: Callable[..., Any]) -> Any:
     from tvm import relax
 
     params = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
@@ -67,13 +67,13 @@ def _linear(m: int, k: int, n: int) -> Callable[[], Any]:
     """x[1,m,k] @ w[k,n] + b[n]: a linear layer (the bias epilogue makes TVM fuse and parallelise it)."""
     from tvm import relax
 
-    return lambda: _single_op([(1, m, k), (k, n), (n,)], lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b))
+    return lambda: single_op_module([(1, m, k), (k, n), (n,)], lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b))
 
 
 def _transpose(a: int, b: int) -> Callable[[], Any]:
     from tvm import relax
 
-    return lambda: _single_op([(a, b)], relax.op.permute_dims)
+    return lambda: single_op_module([(a, b)], relax.op.permute_dims)
 
 
 WORKLOADS: tuple[Workload, ...] = (

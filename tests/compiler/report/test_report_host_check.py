@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tvm import relax
 
+from banana.compiler.report.calibrate import single_op_module
 from banana.compiler.report.hostcheck import predict_step_ms
 from banana.compiler.report.machine import machine_for
 from banana.compiler.report.roofline import predict_kernel
@@ -27,21 +28,12 @@ LOOSE_BOUND_PCT = 40.0
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _module(shapes: list[tuple[int, ...]], op) -> object:  # noqa: ANN001
-    params = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(op(*params))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 def test_marks_follow_the_term_that_sets_the_predicted_time() -> None:
     machine = machine_for(host_soc(), "host")
-    stream = analyze_lowered(lower_for_analysis(_module([(1 << 22,), (1 << 22,)], relax.op.add), host_target()))
+    stream_mod = single_op_module([(1 << 22,), (1 << 22,)], relax.op.add)
+    stream = analyze_lowered(lower_for_analysis(stream_mod, host_target()))
     linear = analyze_lowered(lower_for_analysis(
-        _module([(1, 256, 256), (256, 256), (256,)], lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b)),
+        single_op_module([(1, 256, 256), (256, 256), (256,)], lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b)),
         host_target()))
     add = predict_kernel(next(iter(stream.kernels.values())), machine)
     mm = predict_kernel(next(iter(linear.kernels.values())), machine)
