@@ -1,4 +1,4 @@
-"""Integer GEMM accumulation kernels (int8/uint8 activations x int8/int4 weights -> int32).
+"""Integer GEMM accumulation kernels (int8/uint8/int16/uint16 activations x int8/int4 weights -> int32).
 
 Why a kernel of our own: Relax's ``R.matmul`` on int8 compiles to scalar code, and the QDQ
 legaliser turns quantized layers back into float math. The quantized-layer pass (issue 5) calls
@@ -6,10 +6,11 @@ legaliser turns quantized layers back into float math. The quantized-layer pass 
 epilogue itself; this module only produces exact int32 sums, per target:
 
 - arm64 ``+i8mm``: ``smmla``/``usmmla`` (2x8 by 8x2 tiles; 1-row GEMMs use sdot), arm64
-  ``+dotprod``: ``sdot``/``udot`` (:mod:`banana.kernels.int_gemm_arm`);
-- x86: ``vpmaddwd`` (AVX2) / ``pmaddwd`` (SSE2) on operands widened to int16
-  (:mod:`banana.kernels.int_gemm_x86`);
-- hexagon: delegated to :mod:`banana.kernels.int_gemm_hexagon` (HVX ``vrmpy``);
+  ``+dotprod``: ``sdot``/``udot``; int16/uint16 activations on any arm64: ``smlal``/``smlal2``
+  (:mod:`banana.kernels.int_gemm_arm`);
+- x86: ``vpmaddwd`` (AVX2) / ``pmaddwd`` (SSE2) on operands widened to int16; int16 activations
+  are native operands (:mod:`banana.kernels.int_gemm_x86`);
+- hexagon: delegated to :mod:`banana.kernels.int_gemm_hexagon` (HVX ``vrmpy``; ``vdmpy`` for 16-bit);
 - anything else: the generic schedule below (parallel rows, k innermost, LLVM vectorises).
 
 The SIMD variants share one register-tiled template (:mod:`banana.kernels.int_gemm_dot`); design
@@ -20,9 +21,20 @@ Interface (fixed; the pass builds on it), params ``(A, W, C)``::
     C[i, j]    = sum_k int32(A[i, k]) * int32(W[j, k])                          k_group == 0, C [m, n]
     C[i, j, g] = same sum over k in [g * k_group, (g + 1) * k_group)            k_group > 0, C [m, n, k // k_group]
 
-``A`` is ``a_dtype`` (int8 or uint8) ``[m, k]``; ``W`` is int8 ``[n, k]`` (``w_bits == 8``) or uint8
+``A`` is ``a_dtype`` (int8, uint8, int16 or uint16) ``[m, k]``; ``W`` is int8 ``[n, k]`` (``w_bits == 8``) or uint8
 ``[n, (k + 1) // 2]`` (``w_bits == 4``) holding two signed nibbles per byte, low nibble = even k
 (see :func:`pack_int4`). Per-group sums (``k_group > 0``) serve group-wise weight scales.
+
+Overflow: sums are int32. In the worst case (every product at its extreme) a sum of ``k_group or k``
+terms can leave int32 beyond :func:`max_exact_k`: 511 for int16 x int8 (|a*w| <= 2**15 * 2**7),
+256 for uint16 x int8, 8x more with int4 weights, >= 65793 for 8-bit activations.
+:func:`check_args` rejects longer sums; the quantized-layer matcher checks first and names the layer.
+
+uint16 activations: the quantized-layer pass never asks for them. It re-biases uint16 codes to int16
+(``a - 32768``) in the elementwise step before the kernel and folds ``32768 * sum_k w`` into its
+per-channel zero-point constants at compile time (``integer_reference.GEMM_REBIAS``), so layers run
+the int16 kernel. ``a_dtype="uint16"`` stays supported for direct callers (kernel tests, benchmarks):
+the SIMD template then flips on load and adds ``32768 * colsum(W)`` from a run-time pass over W.
 """
 
 from __future__ import annotations
@@ -37,8 +49,27 @@ from tvm import te
 
 logger = logging.getLogger(__name__)
 
-A_DTYPES = ("int8", "uint8")
+A_DTYPES = ("int8", "uint8", "int16", "uint16")
 W_BITS = (4, 8)
+#: largest |code| of each activation dtype
+_A_MAX = {"int8": 2**7, "uint8": 2**8 - 1, "int16": 2**15, "uint16": 2**16 - 1}
+_INT32_MAX = 2**31 - 1
+
+
+def max_exact_k(a_dtype: str, w_bits: int, zero_point: int | None = None) -> int:
+    """Longest sum (``k_group or k``) that cannot overflow int32 whatever the codes are.
+
+    Worst case ``k * max|a| * max|w| <= 2**31 - 1`` with ``max|w|`` 128 (int8) or 8 (int4). With a
+    ``zero_point``, the layer's true value ``sum (a - zp) * w`` (what the accumulator plus the
+    zero-point correction must hold) is bounded too: ``max|a - zp|`` is then also limiting. Why a
+    worst-case bound and not a measured one: activations are data, and a wrapped sum is silent.
+    """
+    a_max = _A_MAX[a_dtype]
+    if zero_point is not None:
+        lo, hi = (0, a_max) if a_dtype.startswith("u") else (-a_max, a_max - 1)
+        a_max = max(a_max, abs(hi - zero_point), abs(zero_point - lo))
+    w_max = 2**7 if w_bits == 8 else 2**3
+    return _INT32_MAX // (a_max * w_max)
 
 
 def pack_int4(w: np.ndarray) -> np.ndarray:
@@ -81,6 +112,10 @@ def check_args(m: int, n: int, k: int, a_dtype: str, w_bits: int, k_group: int) 
         raise BadConfigError(f"int_gemm: w_bits={w_bits!r}; expected one of {W_BITS}")
     if k_group < 0 or (k_group > 0 and k % k_group):
         raise BadConfigError(f"int_gemm: k_group={k_group} must be 0 or a divisor of k={k}")
+    limit = max_exact_k(a_dtype, w_bits)
+    if (k_group or k) > limit:
+        raise BadConfigError(f"int_gemm: sums of {k_group or k} {a_dtype} x int{w_bits} products can overflow "
+                             f"int32 (at most {limit}); split k with k_group")
 
 
 def w_shape(n: int, k: int, w_bits: int) -> tuple[int, int]:
@@ -175,12 +210,15 @@ def int_gemm_primfunc(
 
     C[i, j] (int32) = sum_k int32(A[i, k]) * int32(W[j, k])          when k_group == 0, C shape [m, n]
     C[i, j, g] (int32) = same sum over k in [g*k_group, (g+1)*k_group) when k_group > 0, C shape [m, n, k // k_group]
-    A: a_dtype ("int8" or "uint8"), shape [m, k]. W: int8 [n, k] when w_bits == 8; when w_bits == 4, uint8
-    [n, (k + 1) // 2] holding two signed two's-complement nibbles per byte, low nibble = even k, odd tail nibble 0.
+    A: a_dtype ("int8", "uint8", "int16", "uint16"), shape [m, k]. W: int8 [n, k] when w_bits == 8; when
+    w_bits == 4, uint8 [n, (k + 1) // 2] holding two signed two's-complement nibbles per byte, low nibble = even k,
+    odd tail nibble 0.
     Returns a scheduled PrimFunc (attr "tirx.is_scheduled"), no global_symbol (the caller names it).
 
     The schedule is chosen by ``target`` (see the module docstring); the arithmetic is exact on
-    every path (uint8 activations and int4 weights are handled inside the kernel).
+    every path (uint8/uint16 activations and int4 weights are handled inside the kernel) while
+    ``k_group or k <= max_exact_k(a_dtype, w_bits)`` (checked). uint16 here costs a run-time column-sum
+    pass over W; callers that know W at compile time should re-bias to int16 instead (the integer pass does).
     """
     check_args(m, n, k, a_dtype, w_bits, k_group)
     if isinstance(target, (dict, str)):
@@ -203,6 +241,8 @@ def int_gemm_primfunc(
         except ImportError:
             arm = None
         if arm is not None:
+            if a_dtype in ("int16", "uint16"):  # no 16-bit dot instruction: widening smlal (base NEON)
+                return arm.smlal_int_gemm(m, n, k, **args)
             # smmla multiplies row pairs: a single row (GEMV) would waste half of it, sdot does not
             if "+i8mm" in mattr and (m > 1 or "+dotprod" not in mattr):
                 return arm.smmla_int_gemm(m, n, k, **args)

@@ -13,9 +13,14 @@ reduces along k inside one SIMD dot instruction (:class:`DotIsa`):
 Exactness, all inside the kernel: an ISA without an unsigned x signed form (``udot`` is unsigned x
 unsigned) computes sum a * (w ^ 0x80) = sum a * w + 128 * sum a and subtracts 128 * rowsum(A)
 (an O(m*k) pre-pass); int4 W is sign-extended from each 8-byte load of nibbles with shifts and
-interleaved back into k order in registers. Ragged shapes: rows/cols past m/n are clamped on load
-and never stored; the k tail of each group goes through the same dot instruction with
-zero-padded operands, so every MAC of the GEMM is issued by a dot instruction.
+interleaved back into k order in registers. 16-bit activations (row ISAs whose operands are int16
+lanes: x86 ``pmaddwd``, arm ``smlal``): int16 is used as is, uint16 is flipped to int16 on load
+(``a ^ 0x8000 = a - 32768``) and ``32768 * colsum(W)`` (an O(n*k) pre-pass over W) is added back,
+since neither ISA has a uint16 x int16 form -- for direct callers only: the integer pass re-biases
+uint16 to int16 itself and folds the correction into its constants at compile time. Ragged
+shapes: rows/cols past m/n are clamped on load and never stored; the k tail of each group goes
+through the same dot instruction with zero-padded operands, so every MAC of the GEMM is issued by a
+dot instruction.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ logger = logging.getLogger(__name__)
 class DotIsa:
     """One SIMD dot instruction family as the template uses it.
 
-    ``dot(acc, a, w)`` returns the new ``int32x{acc_lanes}`` accumulator for 16-byte operands
-    ``a`` (``a_dtype`` lanes) and ``w`` (int8 lanes, or uint8 ``w ^ 0x80`` when ``flip_unsigned``
-    applies); ``k_per_op`` is k consumed per row per instruction (16 row-ISA, 8 mmla).
+    ``dot(acc, a, w)`` returns the new ``int32x{acc_lanes}`` accumulator for 16-lane operands
+    ``a`` (``a_dtype`` lanes; int16 lanes for 16-bit activations) and ``w`` (int8 lanes, or uint8
+    ``w ^ 0x80`` when ``flip_unsigned`` applies); ``k_per_op`` is k consumed per row per
+    instruction (16 row-ISA, 8 mmla). ``wide_a``: the ISA takes int16/uint16 activations.
     """
 
     name: str
@@ -49,6 +55,8 @@ class DotIsa:
     mmla: bool = False
     #: uint8 A needs the W ^ 0x80 / rowsum correction (no unsigned x signed form)
     flip_unsigned: bool = False
+    #: operands are int16 lanes: int16/uint16 activations are accepted (int8/int4 W sign-extended by ``dot``)
+    wide_a: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,9 @@ def dot_int_gemm(
         logger.warning("int_gemm: int4 with odd k_group=%d splits bytes between groups: generic kernel", kg)
         return generic_int_gemm(m, n, k, a_dtype=a_dtype, w_bits=w_bits, k_group=k_group)
     mmla = isa.mmla
+    wide = a_dtype in ("int16", "uint16")
+    if wide and (mmla or not isa.wide_a):
+        raise ValueError(f"{isa.name}: {a_dtype} activations need an int16-lane ISA (x86 pmaddwd, arm smlal)")
     if mmla and (tile.rows % 2 or tile.cols % 2):
         raise ValueError(f"{isa.name}: tile {tile} must have even rows and cols")
     int4 = w_bits == 4
@@ -119,6 +130,8 @@ def dot_int_gemm(
     TAILS = (REM + KI - 1) // KI
     unsigned = a_dtype == "uint8"
     use_udot = unsigned and isa.flip_unsigned
+    # uint16 A: int16 lanes hold a - 32768; the epilogue adds 32768 * colsum(W)
+    use_colsum = a_dtype == "uint16"
     piece = KI  # bytes of one row in one operand vector
     per_g = k_group > 0
     TR, TC = tile.rows, tile.cols
@@ -154,7 +167,7 @@ def dot_int_gemm(
         byte = T.Cast("int32", W[j, kk // 2])
         return T.Cast("int8", T.shift_right(T.shift_left(byte, 28 - 4 * (kk % 2)), 28))
 
-    def dot_sum(acc: Any, rowsum: Any, it: Any, rp: Any, cp: Any, g: Any) -> Any:
+    def dot_sum(acc: Any, rowsum: Any, colsum: Any, it: Any, jt: Any, rp: Any, cp: Any, g: Any) -> Any:
         """Output of a row-ISA accumulator: its lanes summed; the flipped path computed
         sum a * (w + 128), so 128 * sum a is removed."""
         total = acc[rp, cp, 0]
@@ -162,13 +175,25 @@ def dot_int_gemm(
             total = total + acc[rp, cp, lane]
         if use_udot:
             total = total - rowsum[T.min(it * TR + rp, m - 1), g] * 128
+        if use_colsum:
+            total = total + colsum[T.min(jt * TC + cp, n - 1), g] * 32768
         return total
 
     w_pad = -128 if use_udot else 0  # W ^ 0x80 of the padding must be 0
     csh = list(c_shape(m, n, k, k_group))
     wsh = list(w_shape(n, k, w_bits))
     rs_shape = [m, groups] if use_udot else [1, 1]
+    cs_shape = [n, groups] if use_colsum else [1, 1]
+    CS = max(1, min(n, 65536 // k))  # ~64 K weight bytes summed per task (n * k adds in all)
+    CS_TASKS = (n + CS - 1) // CS
     flip = T.Broadcast(T.uint8(128), 16)
+    flip16 = T.Broadcast(T.uint16(0x8000), 16)
+
+    def a_fix(v: Any) -> Any:
+        """uint16 A: as int16 lanes a - 32768 (``a ^ 0x8000``); other dtypes unchanged."""
+        if use_colsum:
+            return T.reinterpret("int16x16", T.bitwise_xor(v, flip16))
+        return v
 
     def flip_w(v: Any) -> Any:
         """Flipped path: W ^ 0x80 = w + 128 as unsigned bytes."""
@@ -179,7 +204,7 @@ def dot_int_gemm(
     def a_operand(A: Any, it: Any, rp: Any, k0: Any) -> Any:
         """16 activation bytes: one row's k0..k0+15 (row ISA) or two rows' k0..k0+7 joined (mmla)."""
         if not mmla:
-            return A[row(it, rp, 0), T.ramp(k0, 1, 16)]
+            return a_fix(A[row(it, rp, 0), T.ramp(k0, 1, 16)])
         return tvm.tirx.Shuffle([A[row(it, rp, 0), T.ramp(k0, 1, 8)], A[row(it, rp, 1), T.ramp(k0, 1, 8)]],
                                 list(range(16)))
 
@@ -200,6 +225,29 @@ def dot_int_gemm(
     @T.prim_func(s_tir=True)
     def int_gemm(A: T.Buffer((m, k), a_dtype), W: T.Buffer(wsh, wdt), C: T.Buffer(csh, "int32")):
         rowsum = T.alloc_buffer(rs_shape, "int32")
+        colsum = T.alloc_buffer(cs_shape, "int32")
+        if use_colsum:
+            # CS columns per task: each task's scratch is one TVMBackendAllocWorkspace (see tiles_per_task)
+            for jo in T.parallel(CS_TASKS):
+                with T.sblock("colsum"):
+                    T.reads()
+                    T.writes()
+                    wpart = T.sblock_alloc_buffer((16,), "int32", scope="local")
+                    for jj in T.serial(CS):
+                        if jo * CS + jj < n:
+                            for g in T.serial(groups):
+                                for q in T.vectorized(16):
+                                    wpart[q] = 0
+                                for kc in T.serial(kg // 16):
+                                    for q in T.vectorized(16):
+                                        wpart[q] = wpart[q] + T.Cast(
+                                            "int32", w_scalar(W, jo * CS + jj, g * kg + kc * 16 + q))
+                                for q in T.serial(kg % 16):
+                                    wpart[q] = wpart[q] + T.Cast(
+                                        "int32", w_scalar(W, jo * CS + jj, g * kg + (kg // 16) * 16 + q))
+                                colsum[jo * CS + jj, g] = 0
+                                for q in T.serial(16):
+                                    colsum[jo * CS + jj, g] = colsum[jo * CS + jj, g] + wpart[q]
         if use_udot:
             for i in T.parallel(m):
                 for g in T.serial(groups):
@@ -265,7 +313,7 @@ def dot_int_gemm(
                                 for rp in T.unroll(RP):
                                     for cp in T.unroll(CP):
                                         acc[rp, cp, T.ramp(0, 1, ACC)] = dot_op(
-                                            acc[rp, cp, T.ramp(0, 1, ACC)], av[rp, T.ramp(0, 1, 16)],
+                                            acc[rp, cp, T.ramp(0, 1, ACC)], a_fix(av[rp, T.ramp(0, 1, 16)]),
                                             flip_w(wv[cp, T.ramp(0, 1, 16)]))
                             for rp in T.unroll(RP):
                                 for cp in T.unroll(CP):
@@ -279,8 +327,10 @@ def dot_int_gemm(
                                     else:
                                         if it * TR + rp < m and jt * TC + cp < n:
                                             if per_g:
-                                                C[it * TR + rp, jt * TC + cp, g] = dot_sum(acc, rowsum, it, rp, cp, g)
+                                                C[it * TR + rp, jt * TC + cp, g] = dot_sum(
+                                                    acc, rowsum, colsum, it, jt, rp, cp, g)
                                             else:
-                                                C[it * TR + rp, jt * TC + cp] = dot_sum(acc, rowsum, it, rp, cp, g)
+                                                C[it * TR + rp, jt * TC + cp] = dot_sum(
+                                                    acc, rowsum, colsum, it, jt, rp, cp, g)
 
     return finish(int_gemm, f"int_gemm.{isa.name}", rows=tile.rows, cols=tile.cols, tiles_per_task=TPT)

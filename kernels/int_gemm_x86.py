@@ -3,6 +3,8 @@
 A correct, fast-enough host path for measuring and verifying quantized models: both operands are
 widened to int16 (sign-extended int8 / zero-extended uint8 A, so uint8 needs no correction) and
 ``vpmaddwd`` multiplies 16 k at a time into 8 int32 partial sums (no overflow: |a*w| <= 255*128).
+int16 activations are native ``pmaddwd`` operands (|a*w| <= 2**22, a pair sum <= 2**23: exact);
+uint16 ones arrive flipped to int16 by the template (see :mod:`banana.kernels.int_gemm_dot`).
 The instruction is the LLVM intrinsic, not an auto-vectoriser guess. AVX-VNNI / AVX512-VNNI
 (``vpdpbusd``) would do 4 MACs per lane, but no machine here has them to verify against, so
 they are not used.
@@ -37,8 +39,8 @@ def _sse2(acc: Any, a: Any, w: Any, unsigned: bool) -> Any:
     return acc + lo + hi
 
 
-AVX2 = DotIsa("x86_avx2_pmaddwd", _avx2, acc_lanes=8, k_per_op=16)
-SSE2 = DotIsa("x86_sse2_pmaddwd", _sse2, acc_lanes=4, k_per_op=16)
+AVX2 = DotIsa("x86_avx2_pmaddwd", _avx2, acc_lanes=8, k_per_op=16, wide_a=True)
+SSE2 = DotIsa("x86_sse2_pmaddwd", _sse2, acc_lanes=4, k_per_op=16, wide_a=True)
 
 
 def has_avx2(target: tvm.target.Target) -> bool:

@@ -4,7 +4,7 @@
 placeholder call (``matmul``/``conv2d`` against a parameter ``banana_int_<i>``). This pass
 replaces each placeholder by what :mod:`banana.compiler.quantize.integer_reference` models:
 
-    A (int8/uint8)  the quantized activation itself when the input is ``dequantize(q)`` -- no
+    A (8/16-bit)    the quantized activation itself when the input is ``dequantize(q)`` -- no
                     float round trip between two integer layers -- else ``quantize(x)`` with ONNX
                     rounding (half to even; TVM's own legaliser rounds half away from zero);
                     Conv inputs go through im2col (padding with the zero point)
@@ -24,7 +24,7 @@ tensors (A, acc, requantized output) so verification can compare them bit for bi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ class LayerRecord:
     name: str
     op: str
     weight: str  # "int8" | "int4" | "float32" (fallback)
-    act: str  # "uint8" | "int8" | "float32"
+    act: str  # "uint8" | "int8" | "uint16" | "int16" | "float32"
     kernel: str
     epilogue: str  # "dequant" | "requant" | "weight-only" | "float-fallback"
     m: int = 0
@@ -67,7 +67,8 @@ class TapSpec:
     """What one returned tap tensor is: ``region`` index and ``kind``.
 
     Kinds: "x" float input of the activation quantize, "q" quantized activation, "a" GEMM input
-    (im2col / flattened q), "acc" int32 accumulator, "out" requantized output.
+    (im2col / flattened q; uint16 re-biased to int16 ``q - 32768``), "acc" int32 accumulator, "out"
+    requantized output.
     """
 
     region: int
@@ -117,6 +118,17 @@ def _im2col_te(x: te.Tensor, conv: dict[str, Any], pad_value: int) -> te.Tensor:
         return tvm.tirx.if_then_else(inside, x[bi, ci, y, xx], tvm.tirx.const(pad_value, x.dtype))
 
     return te.compute((b * oh * ow, c * kh * kw), body, name="im2col")
+
+
+def _rebias_te(a: te.Tensor, dtype: str) -> te.Tensor:
+    """uint16 codes -> the int16 kernel operand ``a - 32768`` (:func:`integer_reference.gemm_operand`).
+
+    Why here and not in the kernel: the matching correction ``32768 * sum_k w`` is a weight
+    constant, folded into ``corr``/``cb`` at compile time; this elementwise pass over A (m*k, fused
+    with the quantize/im2col before it) replaces the kernel's per-call column sums of W (n*k).
+    """
+    kernel_dtype, offset = ref.GEMM_REBIAS[dtype]
+    return te.compute(a.shape, lambda *i: (a(*i).astype("int32") - offset).astype(kernel_dtype), name="rebias")
 
 
 def _dequant_te(acc: te.Tensor, corr: te.Tensor, scale: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
@@ -195,9 +207,10 @@ def region_constants(region: Region) -> dict[str, np.ndarray]:
         if region.bias is not None:
             out["bias"] = region.bias.astype(np.float32)
         return out
-    sa, zp_a, _ = region.act
+    sa, zp_a, a_dtype = region.act
     scale = ref.combined_scale(sa, region.sw)
-    corr = ref.zero_point_correction(region.w, zp_a, region.k_group)
+    # the kernel operand's zero point: uint16 codes reach the kernel re-biased to int16 (zp - 32768)
+    corr = ref.zero_point_correction(region.w, ref.gemm_zero_point(zp_a, a_dtype), region.k_group)
     if region.requant is not None:
         so, _, _ = region.requant
         bias_q = ref.bias_to_int32(region.bias, scale) if region.bias is not None else np.zeros(region.n, np.int32)
@@ -234,9 +247,11 @@ def _kernel_name(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> str:
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, func: relax.Function, regions: dict[str, Region],
-                 params: dict[int, dict[str, relax.Var]], target: tvm.target.Target, taps: bool) -> None:
+                 params: dict[int, dict[str, relax.Var]], target: tvm.target.Target, taps: bool,
+                 weight_only: Callable[..., tuple[relax.Expr, LayerRecord]] | None = None) -> None:
         super().__init__(mod)
         self.regions = regions
+        self.weight_only = weight_only  # a backend's own weight-only lowering (passes.integer_adreno)
         self.params = params
         self.target = target
         self.want_taps = taps
@@ -297,7 +312,7 @@ class _Rewriter(relax.PyExprMutator):
     def _int_gemm(self, region: Region, m: int) -> tuple[relax.GlobalVar, str]:
         from banana.kernels.int_gemm import int_gemm_primfunc
 
-        a_dtype = region.act[2]
+        a_dtype = ref.gemm_dtype(region.act[2])  # uint16 arrives re-biased to int16 (see _rebias_te)
         key = (m, region.n, region.k, a_dtype, region.w_bits, region.k_group)
         if key not in self.kernels:
             func = int_gemm_primfunc(m, region.n, region.k, target=self.target, a_dtype=a_dtype,
@@ -343,10 +358,18 @@ class _Rewriter(relax.PyExprMutator):
         bias = p.get("bias")
         if region.act is None:  # weight-only: float activation
             x = self.visit_expr(value.args[0])
-            if region.conv is not None:
-                raise AssertionError("weight-only Conv is rejected by the matcher")
-            m = int(np.prod(out_shape[:-1]))
-            x2 = self.builder_.emit(relax.op.reshape(x, [m, region.k]))
+            if self.weight_only is not None:
+                y_wo, record = self.weight_only(self.builder_, region, x, p, out_shape)
+                self.set_var_remap(var, self._emit(y_wo, var, var.name))
+                self.records.append(record)
+                return
+            if region.conv is not None:  # float im2col (zero padding), then the same row kernel
+                b, _, oh, ow = out_shape
+                m = b * oh * ow
+                x2 = self.builder_.emit_te(_im2col_te, x, region.conv, 0, primfunc_name_hint="im2col")
+            else:
+                m = int(np.prod(out_shape[:-1]))
+                x2 = self.builder_.emit(relax.op.reshape(x, [m, region.k]))
             args = [x2, p["w"], p["scale"]] + ([bias] if bias is not None else [])
             w_ty, s_ty = p["w"].ty, p["scale"].ty
             func = weight_only_primfunc(m, region.n, region.k, tuple(int(d) for d in w_ty.shape.values),
@@ -355,7 +378,12 @@ class _Rewriter(relax.PyExprMutator):
             symbol = f"banana_weight_only_{region.index}"
             gvar = self.builder_.add_func(func.with_attr("global_symbol", symbol), symbol)
             y = self.builder_.emit(relax.call_tir(gvar, args, relax.TensorType([m, region.n], "float32")))
-            self.set_var_remap(var, self._emit(relax.op.reshape(y, out_shape), var, var.name))
+            if region.conv is not None:
+                y = self.builder_.emit(relax.op.reshape(y, [out_shape[0], out_shape[2], out_shape[3], region.n]))
+                y_out: relax.Expr = relax.op.permute_dims(y, [0, 3, 1, 2])
+            else:
+                y_out = relax.op.reshape(y, out_shape)
+            self.set_var_remap(var, self._emit(y_out, var, var.name))
             self.records.append(LayerRecord(region.node, region.op, f"int{region.w_bits}", "float32",
                                             "weight_only.rows", "weight-only", m, region.n, region.k, region.k_group))
             return
@@ -367,6 +395,8 @@ class _Rewriter(relax.PyExprMutator):
         else:
             m = int(np.prod(out_shape[:-1]))
             a2 = self.builder_.emit(relax.op.reshape(a, [m, region.k]))
+        if ref.gemm_dtype(region.act[2]) != region.act[2]:  # uint16 codes -> int16 (zp - 32768 is in corr/cb)
+            a2 = self.builder_.emit_te(_rebias_te, a2, region.act[2], primfunc_name_hint="rebias")
         gvar, kernel = self._int_gemm(region, m)
         c_shape = [m, region.n] if region.k_group == 0 else [m, region.n, region.k // region.k_group]
         acc = self.builder_.emit(relax.call_tir(gvar, [a2, p["w"]], relax.TensorType(c_shape, "int32")))
@@ -411,11 +441,14 @@ class _Rewriter(relax.PyExprMutator):
 
 def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weights: Sequence[np.ndarray],
                           regions: Sequence[Region], target: tvm.target.Target | dict[str, Any], *,
-                          skipped: Sequence[Skipped] = (), taps: bool = False) -> IntegerLowering:
+                          skipped: Sequence[Skipped] = (), taps: bool = False,
+                          weight_only: Callable[..., tuple[relax.Expr, LayerRecord]] | None = None) -> IntegerLowering:
     """Replace the placeholders of ``regions`` in ``mod['main']``; returns the module and its new weights.
 
     ``weight_names``/``weights`` are main's parameters after the model inputs (in order); the
-    placeholders leave them and each region's integer parameters are appended.
+    placeholders leave them and each region's integer parameters are appended. ``weight_only``:
+    a backend whose weight-only layers need their own kernel (the Adreno GPU,
+    :mod:`.integer_adreno`) lowers them through this hook instead of :func:`weight_only_primfunc`.
     """
     if isinstance(target, dict):
         target = tvm.target.Target(target)
@@ -436,7 +469,7 @@ def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weight
             v = relax.Var(name, relax.TensorType(list(arr.shape), str(arr.dtype)))
             param_vars[region.index][key] = v
             new_params.append(v)
-    rewriter = _Rewriter(mod, func, by_name, param_vars, target, taps)
+    rewriter = _Rewriter(mod, func, by_name, param_vars, target, taps, weight_only)
     rewriter.plan_requant()
     new_func = rewriter.visit_expr(func)
     keep = [i for i, name in enumerate(names) if not name.startswith(PLACEHOLDER_PREFIX)]

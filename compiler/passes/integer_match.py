@@ -13,7 +13,9 @@ quantized weight reaches the artifact.
 
 Recognised (as exporters emit them):
 
-- ``DQ(act) -> MatMul | Gemm(transA=0, alpha=beta=1) | Conv(2-D, group 1, dilation 1)`` with the
+- ``DQ(act: uint8/int8/uint16/int16, per tensor) -> MatMul | Gemm(transA=0, alpha=beta=1) | Conv(2-D,
+  group 1, dilation 1)`` (16-bit activations only while ``k`` cannot overflow int32 sums, see
+  :func:`banana.kernels.int_gemm.max_exact_k`) with the
   weight from ``DQ(int8/int4 initializer)`` (per tensor, per channel or block-wise), or from
   banana's compatibility form ``Cast(int8) -> Mul(block scale) -> Reshape``;
 - a bias: Gemm/Conv's third input, or an ``Add`` of a ``[N]`` float initializer right after a
@@ -270,8 +272,14 @@ def _match_node(g: _Graph, node: onnx.NodeProto, index: int) -> tuple[Region, li
         raise NotInteger(f"weight of rank {wdq_raw[0].ndim}; 2-D expected")
     w, sw, k_group = _canonical_weight(wdq_raw, k_axis)
     n, k = w.shape
-    if act is not None and act[1][2] not in ("uint8", "int8"):
-        raise NotInteger(f"{act[1][2]} activations: the integer GEMM kernels take int8/uint8 activations")
+    if act is not None:  # int32 sums of int16 x int8 products can overflow on long k: worst case, not data
+        from banana.kernels.int_gemm import max_exact_k
+
+        w_bits = 4 if w.size and int(w.min()) >= -8 and int(w.max()) <= 7 else 8
+        limit = max_exact_k(act[1][2], w_bits, zero_point=act[1][1])
+        if (k_group or k) > limit:
+            raise NotInteger(f"{act[1][2]} activations (zero point {act[1][1]}) x int{w_bits} weights summed over "
+                             f"k={k_group or k} can overflow int32 (at most {limit} in the worst case)")
     bias = None
     absorbed: list[onnx.NodeProto] = []
     if op in ("Gemm", "Conv") and len(node.input) > 2 and node.input[2]:
@@ -297,7 +305,7 @@ def _match_node(g: _Graph, node: onnx.NodeProto, index: int) -> tuple[Region, li
             dtype = _ACT_DTYPES.get(g.dtype(user.input[2]) or -1, None) if len(user.input) > 2 else "uint8"
         except NotInteger:
             dtype = None
-        if dtype in ("uint8", "int8"):
+        if dtype in ("uint8", "int8", "uint16", "int16"):
             requant = (so, zo, dtype)
     region = Region(index=index, node=node.name or out, op=op, n=n, k=k, w=w, sw=sw, k_group=k_group,
                     act=act[1] if act else None, bias=bias, requant=requant, conv=conv, output=out)

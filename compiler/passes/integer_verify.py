@@ -5,19 +5,32 @@ tensors (see :class:`banana.compiler.passes.integer.TapSpec`). Each is recompute
 :mod:`banana.compiler.quantize.integer_reference` from the *original* ONNX file's integer
 weights and scales (re-matched, not read back from the artifact) and from the previous tap of
 the same layer, so every step -- quantize, im2col, int32 accumulation, requantization -- is
-checked on its own, bit for bit.
+checked on its own, bit for bit. The ``a`` tap is what the GEMM kernel reads: uint16 codes
+re-biased to int16 (``q - 32768``, :func:`~banana.compiler.quantize.integer_reference.gemm_operand`),
+whose zero point ``zp - 32768`` the requantization's per-channel correction then carries.
+
+:func:`onnxruntime_divergence` answers the other question -- *where* a compiled model's output
+first departs from onnxruntime's: it compares every layer's quantized activation with the codes
+onnxruntime's ``QuantizeLinear`` produced and, at the first differing code, both float values in
+quantization steps. Both runtimes' float ops (LayerNorm, GELU, onnxruntime's float32 sum over the
+dequantized MatMul) are off the exact value by a few ulps, so now and then one value lands on the
+other side of a ``.5`` tie (measured on the nano DiT: ``x/s`` 10.499986 here, 10.500003 in
+onnxruntime, 10.4999868 exact) and the flipped code cascades through the later layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from banana.compiler.passes.integer_match import Region, match_integer_regions
 from banana.compiler.quantize import integer_reference as ref
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -43,18 +56,18 @@ def _expected(region: Region, kind: str, taps: dict[str, np.ndarray]) -> np.ndar
     sa, zp, dtype = region.act
     if kind == "q" and "x" in taps:
         return ref.quantize(taps["x"], sa, zp, dtype)
-    if kind == "a":
+    if kind == "a":  # the kernel's operand: uint16 codes arrive re-biased to int16 (ref.gemm_operand)
         q = taps["q"]
         if region.conv is not None:
             c = region.conv
-            return ref.im2col(q, c["kernel"], c["strides"], c["pads"], zp)
-        return q.reshape(-1, region.k)
+            q = ref.im2col(q, c["kernel"], c["strides"], c["pads"], zp)
+        return ref.gemm_operand(q.reshape(-1, region.k), dtype)
     if kind == "acc":
         return ref.accumulate(taps["a"], region.w, region.k_group)
-    if kind == "out":
+    if kind == "out":  # the correction pairs with the operand's zero point, so acc + cb is sum (q - zp) * w + bias
         so, zo, odtype = region.requant
         scale = ref.combined_scale(sa, region.sw)
-        cb = ref.zero_point_correction(region.w, zp).astype(np.int64)
+        cb = ref.zero_point_correction(region.w, ref.gemm_zero_point(zp, dtype)).astype(np.int64)
         if region.bias is not None:
             cb = cb + ref.bias_to_int32(region.bias, scale)
         mult = ref.requant_multiplier(sa, region.sw, so)
@@ -86,3 +99,81 @@ def check_taps(tap_values: list[np.ndarray], tap_specs: list[dict[str, Any]], re
                 mismatches = int(np.count_nonzero(got != want))
             checks.append(TapCheck(region.node, kind, int(want.size), mismatches))
     return checks
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One layer's quantized activation against onnxruntime's: how many codes differ, and the first.
+
+    ``ours``/``theirs``: the float input at the first differing code, in quantization steps
+    (``x / scale``), when both are known (a layer fed by another layer's requantized output has
+    no float input of its own in the compiled model).
+    """
+
+    index: int
+    layer: str
+    elements: int
+    mismatches: int
+    first: tuple[int, ...] | None = None
+    ours: float | None = None
+    theirs: float | None = None
+
+
+def _activation_names(model: onnx.ModelProto, region: Region) -> tuple[str, str | None] | None:
+    """``(quantized tensor, float tensor it quantizes)`` feeding ``region`` in the original graph."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = next((n for n in model.graph.node if n.name == region.node or region.node in n.output), None)
+    dq = producer.get(node.input[0]) if node is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    q = producer.get(dq.input[0])
+    return dq.input[0], (q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None)
+
+
+def onnxruntime_divergence(model_path: Path, feeds: dict[str, np.ndarray], tap_values: list[np.ndarray],
+                           tap_specs: list[dict[str, Any]]) -> list[Divergence]:
+    """Each tapped layer's quantized activation (``q``) against onnxruntime running the QDQ file.
+
+    onnxruntime runs with graph optimisations off (the model's ONNX semantics, as
+    :func:`banana.compiler.verify.onnxruntime_outputs`), every layer's activation tensors added as
+    graph outputs. A debugging aid: the first entry with mismatches is where two runs part.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from banana.compiler.frontend.onnx_loading import load_onnx
+
+    model, _ = load_onnx(Path(model_path))
+    regions = match_integer_regions(model, allow_float_fallback=True).regions
+    taps: dict[int, dict[str, np.ndarray]] = {}
+    for spec, value in zip(tap_specs, tap_values, strict=True):
+        taps.setdefault(int(spec["layer"]), {})[spec["kind"]] = np.asarray(value)
+    names = {r.index: _activation_names(model, r) for r in regions if "q" in taps.get(r.index, {})}
+    wanted = sorted({n for pair in names.values() if pair for n in pair if n})
+    graph_outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted if n not in graph_outputs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    out = []
+    for index, pair in sorted(names.items()):
+        if pair is None:
+            continue
+        region, q = regions[index], taps[index]["q"]
+        theirs_q = values[pair[0]]
+        if q.shape != theirs_q.shape:
+            out.append(Divergence(index, region.node, int(q.size), int(q.size)))
+            continue
+        differ = np.argwhere(q != theirs_q)
+        if not len(differ):
+            out.append(Divergence(index, region.node, int(q.size), 0))
+            continue
+        first = tuple(int(i) for i in differ[0])
+        scale = np.float32(region.act[0])
+        x = taps[index].get("x")
+        ours = float(np.float32(x[first]) / scale) if x is not None else None
+        theirs = float(np.float32(values[pair[1]][first]) / scale) if pair[1] else None
+        out.append(Divergence(index, region.node, int(q.size), len(differ), first, ours, theirs))
+    return out

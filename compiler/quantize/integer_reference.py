@@ -9,6 +9,9 @@ integer tensors** (quantized activations, int32 accumulators, requantized output
                      true division, round half to even, saturation to the integer type's range.
 2. ``accumulate``    ``acc = sum_k int32(a[m, k]) * int32(w[n, k])`` (per k-group when weights have
                      block scales); int32, wrapping like the kernel (no real layer comes near 2**31).
+                     ``a`` is the *kernel operand* (:func:`gemm_operand`): the codes themselves, except
+                     uint16 codes, which are re-biased to int16 ``a - 32768`` with ``zp_a - 32768`` as
+                     their zero point (:func:`gemm_zero_point`), so ``a - zp_a`` is unchanged.
 3. ``dequant``       ``y = float32(acc + corr[n]) * scale[n] (+ bias[n])`` with
                      ``corr[n] = -zp_a * sum_k w[n, k]`` (the activation zero point folded into one
                      int32 per channel at compile time) and ``scale = float32(float64(sa) * sw[n])``.
@@ -33,6 +36,30 @@ from __future__ import annotations
 import numpy as np
 
 INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+#: activation dtypes the GEMM kernels receive re-biased: dtype -> (kernel dtype, offset subtracted from codes
+#: and zero point). Why: no 16-bit SIMD multiply here (x86 pmaddwd, arm smlal) has a uint16 x int8 form, and
+#: the correction ``32768 * sum_k w`` is a weight constant -- folded into ``corr``/``cb`` at compile time
+#: instead of a column-sum pass over W on every call inside the kernel.
+GEMM_REBIAS = {"uint16": ("int16", 32768)}
+
+
+def gemm_dtype(dtype: str) -> str:
+    """The activation dtype the integer GEMM kernel is built for (uint16 -> int16; others unchanged)."""
+    return GEMM_REBIAS.get(dtype, (dtype, 0))[0]
+
+
+def gemm_zero_point(zero_point: int, dtype: str) -> int:
+    """The zero point of the kernel operand: ``zp - 32768`` for uint16 codes, else ``zp``."""
+    return int(zero_point) - GEMM_REBIAS.get(dtype, (dtype, 0))[1]
+
+
+def gemm_operand(a: np.ndarray, dtype: str) -> np.ndarray:
+    """The GEMM kernel's operand for activation codes ``a`` of ``dtype``: uint16 -> int16 ``a - 32768``."""
+    kernel_dtype, offset = GEMM_REBIAS.get(dtype, (dtype, 0))
+    if not offset:
+        return np.asarray(a)
+    return (np.asarray(a).astype(np.int32) - offset).astype(kernel_dtype)
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:

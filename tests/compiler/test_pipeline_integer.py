@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from banana.compiler.artifact import Artifact
-from banana.compiler.passes.integer_verify import check_taps, reference_regions
+from banana.compiler.passes.integer_verify import check_taps, onnxruntime_divergence, reference_regions
 from banana.compiler.pipeline import compile_model
 from banana.compiler.verify import onnxruntime_outputs, random_inputs
 from banana.targets.backends import get_backend
@@ -71,7 +71,14 @@ def _artifact_bytes(path: Path, weights_only: bool = False) -> int:
                if not weights_only or f["path"] == manifest["weights"]["file"])
 
 
-def _check(path: Path, out: Path, backend: str = "host", soc: str | None = None) -> tuple[dict, float]:
+def _check(path: Path, out: Path, backend: str = "host", soc: str | None = None,
+           max_steps: float | None = None) -> tuple[dict, float]:
+    """Compile with taps, run seed-0 inputs; taps bit-exact, and (``max_steps``) the output within that many steps.
+
+    A step is 1/255 of onnxruntime's output range (the model's output is float: its last layer
+    dequantizes). Past ``max_steps`` the message names the first layer whose quantized
+    activation differs from onnxruntime's, with both float values in steps of that layer.
+    """
     result = compile_model(path, backend=backend, soc=soc, out=out, integer_taps=True)
     artifact = Artifact.open(out)
     inputs = random_inputs(artifact.inputs, 0)
@@ -80,15 +87,20 @@ def _check(path: Path, out: Path, backend: str = "host", soc: str | None = None)
     reference = onnxruntime_outputs(path, artifact.inputs, inputs)
     got, want = outputs[0], reference[0]
     steps = float(np.abs(got - want).max() / ((want.max() - want.min()) / 255))
-    checks = check_taps(outputs[len(reference):], result.manifest["integer"]["taps"], reference_regions(path))
+    taps = result.manifest["integer"]["taps"]
+    checks = check_taps(outputs[len(reference):], taps, reference_regions(path))
     assert len(checks) >= 3 * 50 and all(c.ok for c in checks), [c for c in checks if not c.ok][:5]
     assert not result.manifest["integer"]["float_fallbacks"]
+    if max_steps is not None and steps > max_steps:
+        feeds = {spec.name: value for spec, value in zip(artifact.inputs, inputs, strict=True)}
+        split = [d for d in onnxruntime_divergence(path, feeds, outputs[len(reference):], taps) if d.mismatches]
+        pytest.fail(f"{steps:.3g} steps from onnxruntime; first differing activation: {split[:1]}")
     return result.manifest, steps
 
 
 @pytest.mark.parametrize("plan", ["w8a8", "mixed", "ort"])
 def test_nano_qdq_host_bit_exact_and_within_one_step(qdq_models, plan, tmp_path: Path) -> None:
-    manifest, steps = _check(qdq_models[plan], tmp_path / "art")
+    manifest, steps = _check(qdq_models[plan], tmp_path / "art", max_steps=1.0)
     assert steps <= 1.0, steps
     layers = manifest["integer"]["layers"]
     assert len(layers) == 50 and all(r["kernel"].startswith("int_gemm") for r in layers)
@@ -104,9 +116,15 @@ def test_nano_artifact_size_ratios(qdq_models, tmp_path: Path) -> None:
         assert ratio <= limit, (plan, ratio)
 
 
-def test_nano_w8a8_arm64_under_qemu_bit_exact(qdq_models, tmp_path: Path) -> None:
-    manifest, steps = _check(qdq_models["w8a8"], tmp_path / "art", backend="cpu", soc="SM8650")
+@pytest.mark.parametrize("plan", ["w8a8", "mixed"])
+def test_nano_qdq_arm64_under_qemu_bit_exact_and_within_one_step(qdq_models, plan, tmp_path: Path) -> None:
+    manifest, steps = _check(qdq_models[plan], tmp_path / "art", backend="cpu", soc="SM8650", max_steps=1.0)
     assert manifest["run"]["executor"] == "qemu-aarch64"
-    # integer tensors are bit-exact (checked above); float ops (LayerNorm, GELU, softmax) differ from
-    # onnxruntime's by float rounding on arm64, and a flip of one quantized activation can cost ~1 step
-    assert steps <= 1.5, steps
+    # Integer tensors are bit-exact (checked in _check) and the output equals the host's: ~1e-4 steps
+    # from onnxruntime. Float ops round differently from onnxruntime's by a few ulps, so other inputs
+    # can put one activation on the other side of a .5 tie, host and arm64 alike, and the flipped
+    # code cascades: seed 0 with its raw timestep (-0.67) gives 1.02 steps on both, from a GELU input
+    # that onnxruntime's float32 MatMul sum puts 13 ulps off the exact value (ours: 0.5 ulp).
+    assert steps <= 1.0, steps
+    if plan == "mixed":
+        assert {r["weight"] for r in manifest["integer"]["layers"]} == {"int4", "int8"}

@@ -1,5 +1,6 @@
 """Integer GEMM kernels on the host: int4 packing, dispatch, and numpy-golden results of the x86
-(AVX2 / SSE2) and generic schedules for int8/uint8 A, 8/4-bit W, k groups and ragged shapes."""
+(AVX2 / SSE2) and generic schedules for int8/uint8/int16/uint16 A, 8/4-bit W, k groups and ragged
+shapes; the int32 overflow limit of long sums."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import tvm
 
 from banana.compiler.errors import BadConfigError, UnsupportedOpError
-from banana.kernels.int_gemm import generic_int_gemm, int_gemm_primfunc, pack_int4, unpack_int4
+from banana.kernels.int_gemm import generic_int_gemm, int_gemm_primfunc, max_exact_k, pack_int4, unpack_int4
 from banana.targets.host import host_target
 
 # (m, n, k, a_dtype, w_bits, k_group): tile-aligned, ragged in every axis, GEMV, groups, odd k
@@ -22,6 +23,17 @@ CASES = [
     (6, 9, 40, "int8", 4, 20),
     (3, 11, 33, "uint8", 4, 0),
     (7, 10, 64, "uint8", 8, 16),
+]
+# 16-bit activations: the same shape classes (the uint16 path adds a column-sum correction)
+CASES16 = [
+    (16, 128, 128, "int16", 8, 0),
+    (16, 128, 256, "uint16", 8, 0),
+    (5, 7, 37, "uint16", 8, 0),
+    (1, 33, 64, "int16", 8, 0),
+    (6, 9, 40, "int16", 4, 20),
+    (3, 11, 33, "uint16", 4, 0),
+    (7, 10, 64, "uint16", 8, 16),
+    (9, 3, 13, "int16", 8, 0),
 ]
 
 
@@ -46,8 +58,8 @@ def nibbles(w: np.ndarray) -> np.ndarray:
 
 def random_operands(rng: np.random.Generator, m: int, n: int, k: int, a_dtype: str,
                     w_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = (0, 256) if a_dtype == "uint8" else (-128, 128)
-    a = rng.integers(lo, hi, (m, k)).astype(a_dtype)
+    info = np.iinfo(a_dtype)
+    a = rng.integers(int(info.min), int(info.max) + 1, (m, k)).astype(a_dtype)
     wmax = 8 if w_bits == 4 else 128
     w = rng.integers(-wmax, wmax, (n, k)).astype(np.int8)
     return a, w
@@ -87,12 +99,50 @@ def test_pack_int4_rejects_out_of_range() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"a_dtype": "int16"}, "a_dtype"), ({"w_bits": 2}, "w_bits"), ({"k_group": 5}, "k_group"),
-     ({"k_group": -1}, "k_group")],
+    [({"a_dtype": "int32"}, "a_dtype"), ({"a_dtype": "float16"}, "a_dtype"), ({"w_bits": 2}, "w_bits"),
+     ({"k_group": 5}, "k_group"), ({"k_group": -1}, "k_group")],
 )
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(BadConfigError, match=match):
         int_gemm_primfunc(4, 4, 32, target=tvm.target.Target({"kind": "llvm"}), **kwargs)
+
+
+def test_max_exact_k_is_the_worst_case_int32_bound() -> None:
+    """Hand-computed floor((2**31 - 1) / (max|a| * max|w|)): int16 x int8 = 2**15 * 2**7 per product."""
+    assert max_exact_k("int16", 8) == 511  # 512 * 2**22 == 2**31 overflows
+    assert max_exact_k("uint16", 8) == 256  # 256 * 65535 * 128 = 2147450880 < 2**31 - 1 < 257 * ...
+    assert max_exact_k("int16", 4) == 8191 and max_exact_k("uint16", 4) == 4096
+    assert max_exact_k("int8", 8) == 131071 and max_exact_k("uint8", 8) == 65793
+    # the layer's true sum (a - zp) * w: an int16 zero point of 1000 widens |a - zp| to 33768
+    assert max_exact_k("int16", 8, zero_point=1000) == (2**31 - 1) // (33768 * 128)
+    assert max_exact_k("uint16", 8, zero_point=32768) == 256  # the kernel's own |a| <= 65535 still binds
+
+
+def test_overflowing_k_is_rejected() -> None:
+    target = tvm.target.Target({"kind": "llvm"})
+    with pytest.raises(BadConfigError, match="overflow"):
+        int_gemm_primfunc(2, 2, 512, target=target, a_dtype="int16")
+    with pytest.raises(BadConfigError, match="overflow"):
+        int_gemm_primfunc(2, 2, 514, target=target, a_dtype="uint16", k_group=257)
+    int_gemm_primfunc(2, 2, 1024, target=target, a_dtype="int16", k_group=256)  # groups keep sums short
+    int_gemm_primfunc(2, 2, 4096, target=target, a_dtype="uint16", w_bits=4)
+
+
+@pytest.mark.parametrize(
+    ("target", "a_dtype", "kernel"),
+    [
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, "int16", "int_gemm.arm_smlal"),
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]}, "uint16",
+         "int_gemm.arm_smlal"),
+        ({"kind": "llvm", "mcpu": "znver3"}, "int16", "int_gemm.x86_avx2_pmaddwd"),
+        ({"kind": "llvm"}, "uint16", "int_gemm.x86_sse2_pmaddwd"),
+        ({"kind": "llvm", "mtriple": "riscv64-linux-gnu"}, "int16", "int_gemm.generic"),
+    ],
+)
+def test_dispatch_16bit_activations(target: dict, a_dtype: str, kernel: str) -> None:
+    func = int_gemm_primfunc(8, 8, 32, target=tvm.target.Target(target), a_dtype=a_dtype)
+    assert str(func.attrs["banana.kernel"]) == kernel
+    assert str(func.params[0].dtype) == a_dtype  # params are buffers in 0.27
 
 
 @pytest.mark.parametrize(
@@ -136,6 +186,8 @@ def test_hexagon_delegates_to_hvx_module(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (m, n, k) == (3, 5, 64)
     assert kw["a_dtype"] == "uint8" and kw["w_bits"] == 4 and kw["k_group"] == 32
     assert kw["target"].kind.name == "hexagon"
+    int_gemm_primfunc(3, 5, 64, target=target, a_dtype="int16", w_bits=8, k_group=0)  # 16-bit: same entry
+    assert calls[-1][3]["a_dtype"] == "int16"
 
 
 def test_hexagon_without_hvx_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,6 +233,43 @@ def test_x86_sse2_and_generic_match_numpy(case: tuple) -> None:
     for func in (sse2, generic):
         out = run_host(func, baseline, a, nibbles(w) if w_bits == 4 else w, ref.shape)
         np.testing.assert_array_equal(out, ref, err_msg=str(func.attrs["banana.kernel"]))
+
+
+@pytest.mark.parametrize("case", CASES16, ids=lambda c: "x".join(map(str, c)))
+def test_16bit_activations_match_numpy(case: tuple, avx2_target: tvm.target.Target) -> None:
+    """int16/uint16 A on AVX2 vpmaddwd, SSE2 pmaddwd and the generic schedule, bit-exact vs numpy."""
+    m, n, k, a_dtype, w_bits, k_group = case
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    a, w = random_operands(rng, m, n, k, a_dtype, w_bits)
+    ref = reference(a, w, k_group)
+    w_param = nibbles(w) if w_bits == 4 else w
+    baseline = tvm.target.Target({"kind": "llvm"})
+    funcs = [(int_gemm_primfunc(m, n, k, target=avx2_target, a_dtype=a_dtype, w_bits=w_bits, k_group=k_group),
+              avx2_target),
+             (int_gemm_primfunc(m, n, k, target=baseline, a_dtype=a_dtype, w_bits=w_bits, k_group=k_group), baseline),
+             (generic_int_gemm(m, n, k, a_dtype=a_dtype, w_bits=w_bits, k_group=k_group), baseline)]
+    for func, target in funcs:
+        out = run_host(func, target, a, w_param, ref.shape)
+        np.testing.assert_array_equal(out, ref, err_msg=str(func.attrs["banana.kernel"]))
+
+
+def test_16bit_extremes_at_the_k_limit(avx2_target: tvm.target.Target) -> None:
+    """Every product at its extreme over the longest allowed k: -32768 * -128 * 511 = 2**31 - 2**22 and
+    65535 * -128 * 256 land next to the int32 limits; one wrong sign or a saturation shows."""
+    m, n = 3, 5
+    for a_dtype, a_val, k in (("int16", -32768, 511), ("int16", 32767, 511), ("uint16", 65535, 256),
+                              ("uint16", 0, 256)):
+        a = np.full((m, k), a_val, a_dtype)
+        a[1, ::2] = np.iinfo(a_dtype).min if a_val else np.iinfo(a_dtype).max
+        w = np.full((n, k), -128, np.int8)
+        w[1] = 127
+        w[3, ::3] = 0
+        ref = reference(a, w, 0)
+        assert np.abs(a.astype(np.int64) @ w.astype(np.int64).T).max() >= 2**29  # the test is near the limit
+        for target in (avx2_target, tvm.target.Target({"kind": "llvm"})):
+            func = int_gemm_primfunc(m, n, k, target=target, a_dtype=a_dtype)
+            out = run_host(func, target, a, w, (m, n))
+            np.testing.assert_array_equal(out, ref, err_msg=f"{a_dtype} {a_val} {func.attrs['banana.kernel']}")
 
 
 def test_extreme_values_are_exact(avx2_target: tvm.target.Target) -> None:

@@ -1,6 +1,7 @@
 """arm64 integer GEMM kernels: the instructions in their assembly (``sdot``/``udot`` with +dotprod,
-``smmla``/``usmmla`` with +i8mm) and numpy-golden results of the cross-built library run under
-qemu-aarch64 with the arm64 TVM runtime (one library and one qemu run per target)."""
+``smmla``/``usmmla`` with +i8mm, ``smlal``/``smlal2`` for int16/uint16 activations on any arm64) and
+numpy-golden results of the cross-built library run under qemu-aarch64 with the arm64 TVM runtime
+(one library and one qemu run per target)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import tvm
 from tvm import relax
 
 from banana.kernels.int_gemm import int_gemm_primfunc
-from tests.kernels.test_int_gemm import nibbles, random_operands, reference
+from tests.kernels.test_int_gemm import CASES16, nibbles, random_operands, reference
 
 DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"], "num-cores": 2}
 I8MM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm", "+fullfp16"],
         "num-cores": 2}
+NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 2}
 # qemu CPU models that have the features (cortex-a76 traps on smmla, see DESIGN.md)
-QEMU_CPU = {"dotprod": "neoverse-n1", "i8mm": "max,sve=off,sme=off"}
+QEMU_CPU = {"dotprod": "neoverse-n1", "i8mm": "max,sve=off,sme=off", "neon": "cortex-a53"}
 
 # tile-aligned, ragged m/n/k, GEMV, int4 (even/odd k), k groups with and without a k tail
 CASES = [
@@ -74,6 +76,38 @@ def test_hot_loop_uses_dot_instructions(target: dict, a_dtype: str, w_bits: int,
     assert not re.search(r"^\s*(mul|mla|smull2?|smlal2?|umull2?|umlal2?)\s+v\d+\.", asm, flags=re.M)
 
 
+@pytest.mark.parametrize("target", [NEON, I8MM], ids=["neon", "i8mm"])
+@pytest.mark.parametrize(("a_dtype", "w_bits"), [("int16", 8), ("uint16", 8), ("int16", 4)])
+def test_16bit_activations_use_smlal(target: dict, a_dtype: str, w_bits: int) -> None:
+    """fc2 of the nano DiT (16x128x256): every MAC in the k loop is a widening smull/smlal/smlal2 on
+    .4h/.8h lanes; no dot instruction (none takes 16-bit lanes), no 32-bit mul/mla emulation, no spill."""
+    asm = _asm(target, 16, 128, 256, a_dtype=a_dtype, w_bits=w_bits)
+    hot = _hot_loop(asm, "smlal2")
+    macs = re.findall(r"^\s*(smull|smlal|smlal2)\s+v\d+\.4s, v\d+\.(4h|8h), v\d+\.(4h|8h)", hot, flags=re.M)
+    # 4x2 register tile, 16 k per step: 8 accumulators x 4 widening MACs (4 lanes each)
+    assert len(macs) == 32, hot
+    assert sum(m[0] == "smlal2" for m in macs) >= 8
+    for other in ("sdot", "udot", "smmla", "usmmla", "mul", "mla"):
+        assert _count(hot, other) == 0, f"unexpected {other}"
+    assert not re.search(r"\[sp", hot), "stack access (spill) in the hot loop"
+    if w_bits == 8:  # int8 W widened with sshll/sshll2 (sign extension), not zero extension
+        assert _count(hot, "sshll") + _count(hot, "sshll2") >= 2 and _count(hot, "ushll") == 0
+
+
+def _hot_loop(asm: str, mnemonic: str) -> str:
+    """The shortest loop body (label .. its backward branch) that holds ``mnemonic``: the innermost k loop."""
+    best = None
+    for label in re.finditer(r"^(\.LBB\d+_\d+):$", asm, flags=re.M):
+        end = re.compile(rf"^\s*b(\.\w+)?\s+{re.escape(label.group(1))}$", re.M).search(asm, label.end())
+        if end is None:
+            continue
+        body = asm[label.end():end.start()]
+        if _count(body, mnemonic) and (best is None or len(body) < len(best)):
+            best = body
+    assert best is not None, f"no loop with {mnemonic}"
+    return best
+
+
 def test_int4_unpacks_with_byte_shifts_in_registers() -> None:
     """int4 nibbles are sign-extended with 8-lane byte shifts (no widening to 16 bits)."""
     for target in (DOTPROD, I8MM):
@@ -91,14 +125,15 @@ def _need_cross_tools() -> None:
             pytest.skip(f"{tool} not installed")
 
 
-def _build_and_run(target: dict, qemu_cpu: str, tmp: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """All CASES as call_tir's of one Relax main, cross-built and run once under qemu."""
+def _build_and_run(target: dict, qemu_cpu: str, tmp: Path, cases: list[tuple] = CASES
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All ``cases`` as call_tir's of one Relax main, cross-built and run once under qemu."""
     from banana.targets.arm64 import export_arm64_library, run_arm64
 
     tvm_target = tvm.target.Target(target)
     rng = np.random.default_rng(5)
     arrays, refs = [], []
-    for m, n, k, a_dtype, w_bits, k_group in CASES:
+    for m, n, k, a_dtype, w_bits, k_group in cases:
         a, w = random_operands(rng, m, n, k, a_dtype, w_bits)
         arrays += [a, nibbles(w) if w_bits == 4 else w]
         refs.append(reference(a, w, k_group))
@@ -107,7 +142,7 @@ def _build_and_run(target: dict, qemu_cpu: str, tmp: Path) -> list[tuple[np.ndar
     with bb.function("main", params):
         with bb.dataflow():
             outs = []
-            for idx, (m, n, k, a_dtype, w_bits, k_group) in enumerate(CASES):
+            for idx, (m, n, k, a_dtype, w_bits, k_group) in enumerate(cases):
                 func = int_gemm_primfunc(m, n, k, target=tvm_target, a_dtype=a_dtype, w_bits=w_bits, k_group=k_group)
                 gv = bb.add_func(func, f"int_gemm_{idx}")
                 outs.append(bb.emit(relax.call_tir(gv, [params[2 * idx], params[2 * idx + 1]],
@@ -130,10 +165,27 @@ def qemu_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tup
     return results
 
 
+@pytest.fixture(scope="module")
+def qemu_results16(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """16-bit activations: smlal on a plain NEON core, and the same kernel chosen on an i8mm target."""
+    _need_cross_tools()
+    return {name: _build_and_run(target, QEMU_CPU[cpu], tmp_path_factory.mktemp(f"int_gemm_{name}"), CASES16)
+            for name, target, cpu in (("neon16", NEON, "neon"), ("i8mm16", I8MM, "i8mm"))}
+
+
 @pytest.mark.parametrize("isa", ["dotprod", "i8mm"])
 @pytest.mark.parametrize("index", range(len(CASES)), ids=lambda i: "x".join(map(str, CASES[i])))
 def test_arm64_matches_numpy_under_qemu(qemu_results: dict, isa: str, index: int) -> None:
     out, ref = qemu_results[isa][index]
+    assert out.dtype == np.int32 and out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.slow  # two more cross-builds and qemu runs: ~35 s on the shared 2-core host
+@pytest.mark.parametrize("isa", ["neon16", "i8mm16"])
+@pytest.mark.parametrize("index", range(len(CASES16)), ids=lambda i: "x".join(map(str, CASES16[i])))
+def test_arm64_16bit_activations_match_numpy_under_qemu(qemu_results16: dict, isa: str, index: int) -> None:
+    out, ref = qemu_results16[isa][index]
     assert out.dtype == np.int32 and out.shape == ref.shape
     np.testing.assert_array_equal(out, ref)
 

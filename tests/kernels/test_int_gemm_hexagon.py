@@ -150,6 +150,21 @@ def test_runs_under_qemu_and_matches_numpy(tmp_path, m, n, k, a_dtype, w_bits, k
 
 
 @needs_qemu
+@pytest.mark.parametrize("a_dtype, w_bits, k_group", [("int16", 8, 0), ("uint16", 8, 0), ("uint16", 4, 32)])
+def test_common_interface_runs_16bit_activations_on_hvx(tmp_path, a_dtype, w_bits, k_group):
+    """int16/uint16 through :func:`banana.kernels.int_gemm.int_gemm_primfunc` (what the integer pass
+    calls) on a hexagon target: the vdmpy kernel on the interface's plain W layout, exact vs numpy."""
+    from banana.kernels.int_gemm import int_gemm_primfunc
+
+    m, n, k = 5, 40, 64
+    a, w, w_arg = _case(m, n, k, a_dtype, w_bits, seed=17 + w_bits)
+    f = int_gemm_primfunc(m, n, k, target=TARGET, a_dtype=a_dtype, w_bits=w_bits, k_group=k_group)
+    out_shape = (m, n, k // k_group) if k_group else (m, n)
+    (c,) = run_primfunc(f, [a, w_arg, np.full(out_shape, 0x5A5A5A5A, np.int32)], [2], TARGET, work_dir=tmp_path)
+    np.testing.assert_array_equal(c, _reference(a, w, k_group))
+
+
+@needs_qemu
 @pytest.mark.slow
 def test_extreme_values_wrap_like_int32(tmp_path):
     m, n, k = 4, 32, 256

@@ -175,7 +175,10 @@ def test_asymmetric_weights_are_a_named_error_or_a_listed_fallback(tmp_path: Pat
     assert [s.node for s in match.skipped] == ["conv"] and len(match.regions) == 3
 
 
-def test_backend_without_integer_kernels_names_the_layer(tmp_path: Path) -> None:
+def test_backend_without_integer_kernels_names_the_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from banana.compiler.passes import integer_stage
+
+    monkeypatch.delitem(integer_stage.INTEGER_BACKENDS, "adreno")  # every real backend has kernels now
     path = banana_form_model(tmp_path / "m.onnx")
     with pytest.raises(UnsupportedOpError, match="quantized layer 'conv'.*backend 'adreno'"):
         compile_model(path, backend="adreno", soc="SM8650", out=tmp_path / "bad")
@@ -211,6 +214,27 @@ def test_weight_only_int4_layer_keeps_float_activations(tmp_path: Path) -> None:
     assert (layer["epilogue"], layer["weight"], layer["act"]) == ("weight-only", "int4", "float32")
     assert result.verify.ok  # one 8-bit step of the output (integer-only artifact)
     assert result.manifest["weights"]["bytes"] < 0.2 * (w.size * 4 + b.nbytes)  # int4 packed + scales vs fp32
+
+
+def test_weight_only_conv_runs_im2col_and_the_row_kernel(tmp_path: Path) -> None:
+    """Weight-only Conv (float activations): the matcher takes it, so the host lowering must too."""
+    rng = np.random.default_rng(6)
+    w = rng.integers(-127, 128, (6, 3, 3, 3)).astype(np.int8)
+    s = (rng.random(6).astype(np.float32) * 0.02 + 0.005).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wd"], axis=0),
+             helper.make_node("Conv", ["x", "wd", "b"], ["y"], pads=[1, 0, 1, 2], strides=[2, 1], name="wo_conv")]
+    graph = helper.make_graph(nodes, "woc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 5, 8])],
+                              [_init("w", w), _init("s", s), _init("b", b)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    path = tmp_path / "woc.onnx"
+    onnx.save_model(model, str(path))
+    result = compile_model(path, backend="host", out=tmp_path / "art", verify=True, rtol=1e-5)
+    (layer,) = result.manifest["integer"]["layers"]
+    assert (layer["op"], layer["epilogue"], layer["weight"]) == ("Conv", "weight-only", "int8")
+    assert result.verify.ok, result.verify  # onnxruntime on the QDQ file is the reference
 
 
 def test_cli_names_the_layer_and_takes_the_fallback_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
