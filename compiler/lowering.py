@@ -1,7 +1,9 @@
 """Relax lowering for LLVM targets (host x86, arm64): one pipeline, target-specific only in data.
 
 TVM's stock CPU pipeline legalises and fuses but schedules nothing; dlight's CPU rules give
-reductions and GEMVs a parallel, vectorised schedule without tuning. With ``gemm_kernels=True``
+reductions and GEMVs a parallel, vectorised schedule without tuning, banana's ``Injective`` rule
+(:mod:`banana.compiler.passes.cpu_default_schedule`) the elementwise/broadcast/transpose kernels,
+whose erf/exp :mod:`banana.compiler.passes.fast_math` makes vectorisable. With ``gemm_kernels=True``
 fp32 matmuls become banana's register-tiled GEMM kernel before legalisation
 (:mod:`banana.compiler.passes.gemm`; dlight has no CPU GEMM rule): ~30x faster on the small DiT,
 but opt-in until the report's latency model prices it (its host check fails with it). Tuning records (the tuning
@@ -18,21 +20,43 @@ import tvm
 logger = logging.getLogger(__name__)
 
 
-def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = False) -> tvm.transform.Pass:
+#: whether fp32 matmuls become banana's GEMM kernel by default (build and tuning task extraction alike)
+GEMM_KERNELS = False
+
+
+def llvm_pre_schedule_passes(target: tvm.target.Target, *,
+                             gemm_kernels: bool = GEMM_KERNELS) -> list[tvm.transform.Pass]:
+    """Dispatch, banana's pre-legalisation rewrites, legalize + fuse: everything before scheduling.
+    Shared with ``banana.tuning.tasks`` so a tuning record's workload is the PrimFunc built here."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from banana.compiler.passes.fast_math import fast_math_pass
+    from banana.compiler.passes.gemm import f32_gemm_pass
+
+    return (
+        cpu_generic.library_dispatch_passes(target)
+        + ([f32_gemm_pass(target)] if gemm_kernels else [])  # fp32 matmuls -> scheduled kernel
+        + [fast_math_pass()]  # erf/exp/tanh/sigmoid that vectorise (libm calls do not)
+        + cpu_generic.legalize_passes(target)
+    )
+
+
+def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = GEMM_KERNELS) -> tvm.transform.Pass:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
 
-    from banana.compiler.passes.gemm import f32_gemm_pass
+    from banana.compiler.passes.cpu_default_schedule import Injective
+    from banana.compiler.passes.small_kernels import serialize_small_kernels
 
     @tvm.transform.module_pass(opt_level=0, name="banana.llvm_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             passes = (
-                cpu_generic.library_dispatch_passes(target)
-                + ([f32_gemm_pass(target)] if gemm_kernels else [])  # fp32 matmuls -> scheduled kernel
-                + cpu_generic.legalize_passes(target)
+                llvm_pre_schedule_passes(target, gemm_kernels=gemm_kernels)
                 + [_apply_tuning_records(target)]  # tuned tasks first; the rules below skip them
-                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+                # Injective: the elementwise/broadcast/transpose kernels the stock CPU rules leave serial
+                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction(), Injective())]
+                + [serialize_small_kernels()]  # kernels too small to repay a thread-pool fork/join
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
             )
@@ -54,7 +78,7 @@ def _apply_tuning_records(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def compile_llvm(mod: tvm.IRModule, target_json: dict[str, Any], *,
-                 gemm_kernels: bool = False) -> tvm.runtime.Executable:
+                 gemm_kernels: bool = GEMM_KERNELS) -> tvm.runtime.Executable:
     """Lower and build a Relax module for an LLVM target (the host or a cross target)."""
     target = tvm.target.Target(target_json)
     lowered = llvm_pipeline(target, gemm_kernels=gemm_kernels)(mod)

@@ -1,8 +1,10 @@
 """A model's tuning tasks: the fused PrimFuncs the LLVM lowering will compile, deduplicated.
 
 Tasks are extracted after exactly the passes each backend's lowering runs before it consults a
-tuning database (LLVM and Hexagon: Relax's CPU dispatch + legalize/fuse, as in
-:func:`banana.compiler.lowering.llvm_pipeline` and ``targets/hexagon/build.hexagon_pipeline``;
+tuning database (LLVM: :func:`banana.compiler.lowering.llvm_pre_schedule_passes`, the list
+``llvm_pipeline`` itself runs, so banana's fp32 GEMM kernels and fast-math forms are what gets
+tuned, and the GEMM kernels - already scheduled - are skipped below; Hexagon: Relax's CPU
+dispatch + legalize/fuse, as in ``targets/hexagon/build.hexagon_pipeline``;
 OpenCL: the prefix of ``targets/opencl/lowering.opencl_lowering_passes`` before the dlight GPU
 rules), so a record's workload is structurally equal to the PrimFunc the build later looks up.
 """
@@ -38,6 +40,10 @@ def pre_schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         from banana.targets.opencl.lowering import opencl_pre_schedule_passes
 
         return opencl_pre_schedule_passes()
+    if target.kind.name == "llvm":  # banana's pre-legalisation rewrites (fp32 GEMM kernel, fast math) included
+        from banana.compiler.lowering import llvm_pre_schedule_passes
+
+        return llvm_pre_schedule_passes(target)
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     return cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)

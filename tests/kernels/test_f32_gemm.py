@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from tvm import relax
 from tvm.target import codegen
 
 from banana.compiler.errors import BadConfigError
-from banana.kernels.f32_gemm import f32_gemm_primfunc
+from banana.kernels.f32_gemm import PACK_MIN_ROWS, F32Tile, default_k_block, f32_gemm_primfunc, row_chunks
 
 HOST = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
 BASELINE = {"kind": "llvm", "num-cores": 2}  # x86-64 without AVX: 4 lanes, no FMA
@@ -44,10 +45,10 @@ def _tolerance(a: np.ndarray, b: np.ndarray, transpose_b: bool) -> np.ndarray:
     return (a.shape[1] + 8) * 2.0**-24 * mag + 1e-5
 
 
-def _run_host(target: dict, m: int, n: int, k: int, transpose_b: bool, bias: bool) -> None:
+def _run_host(target: dict, m: int, n: int, k: int, transpose_b: bool, bias: bool, **knobs: Any) -> None:
     a, b, bvec = _operands(m, n, k, transpose_b, seed=m * 7 + n)
     tgt = tvm.target.Target(target)
-    func = f32_gemm_primfunc(m, n, k, target=tgt, transpose_b=transpose_b, bias=bias)
+    func = f32_gemm_primfunc(m, n, k, target=tgt, transpose_b=transpose_b, bias=bias, **knobs)
     assert func.attrs["tirx.is_scheduled"]
     lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tgt)
     c = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32))
@@ -71,21 +72,66 @@ def test_baseline_x86_four_lanes(transpose_b: bool) -> None:
     _run_host(BASELINE, 5, 7, 37, transpose_b, True)
 
 
-def _asm(target: dict, transpose_b: bool) -> str:
-    func = f32_gemm_primfunc(64, 64, 64, target=tvm.target.Target(target), transpose_b=transpose_b)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize(("shape", "k_block"), [((50, 40, 37), 16), ((13, 29, 100), 32), ((64, 48, 96), 48)],
+                         ids=["ragged-k-block", "ragged-n", "even"])
+def test_k_blocks_accumulate_through_c(shape: tuple[int, int, int], k_block: int, bias: bool) -> None:
+    """k split into blocks (the last one short): later blocks continue from C, the bias is added once."""
+    _run_host(HOST, *shape, False, bias, k_block=k_block)
+    _run_host(HOST, *shape, True, bias, k_block=k_block)  # [n, k] B packed transposed (m >= PACK_MIN_ROWS)
+
+
+def test_row_chunks_split_few_wide_panels() -> None:
+    """A GEMM with one column panel but many rows is split by rows so both cores get work; still exact."""
+    assert row_chunks(row_tiles=43, col_tiles=1, macs_per_tile=6 * 16 * 384, cores=2) == 2
+    assert row_chunks(row_tiles=43, col_tiles=24, macs_per_tile=6 * 16 * 384, cores=2) == 1
+    assert row_chunks(row_tiles=1, col_tiles=1, macs_per_tile=64, cores=2) == 1
+    func = f32_gemm_primfunc(200, 16, 384, target=tvm.target.Target(HOST), transpose_b=False)
+    assert "'row_chunks': 2" in str(func.attrs["banana.knobs"])
+    _run_host(HOST, 200, 16, 384, False, True)
+    _run_host(HOST, 203, 13, 70, False, True, tile=F32Tile(4, 1), k_block=32)  # ragged rows, n, k at once
+
+
+def test_kernel_choice_by_rows() -> None:
+    """[n, k] weights: packed into the outer-product kernel when rows amortise the copy, else read in place."""
+    tgt = tvm.target.Target(HOST)
+    kernel = {m: str(f32_gemm_primfunc(m, 32, 32, target=tgt, transpose_b=True).attrs["banana.kernel"])
+              for m in (1, PACK_MIN_ROWS - 1, PACK_MIN_ROWS)}
+    assert kernel[1].startswith("f32_gemm.dot") and kernel[PACK_MIN_ROWS - 1].startswith("f32_gemm.dot")
+    assert kernel[PACK_MIN_ROWS].startswith("f32_gemm.outer")
+    # [k, n] weights are packed only when a task's row tiles repay the copy; both paths are exact (SHAPES)
+    knobs = {m: str(f32_gemm_primfunc(m, 32, 32, target=tgt, transpose_b=False).attrs["banana.knobs"])
+             for m in (9, 256)}
+    assert "'packed': False" in knobs[9] and "'packed': True" in knobs[256]
+
+
+def test_default_k_block_fits_l1_and_splits_evenly() -> None:
+    assert default_k_block(384, 16) == 384
+    assert default_k_block(1536, 16) == 384  # 4 even blocks of 24 KB panels
+    assert default_k_block(1000, 16) == 334  # 3 blocks, the last one 332
+    assert default_k_block(7, 16) == 7
+
+
+def _asm(target: dict, transpose_b: bool, m: int) -> str:
+    func = f32_gemm_primfunc(m, 64, 64, target=tvm.target.Target(target), transpose_b=transpose_b)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     return tvm.tirx.build(mod, target=tvm.target.Target(target)).inspect_source("asm")
 
 
-@pytest.mark.parametrize("transpose_b", [False, True], ids=["kn", "nk"])
-def test_x86_avx2_uses_ymm_fma(transpose_b: bool) -> None:
-    asm = _asm(AVX2, transpose_b)
+# [k, n] outer product, [n, k] packed into the outer product (m >= PACK_MIN_ROWS), [n, k] dot (GEMV-like m)
+KERNELS = pytest.mark.parametrize(("transpose_b", "m"), [(False, 64), (True, 64), (True, 4)],
+                                  ids=["kn", "nk", "nk-dot"])
+
+
+@KERNELS
+def test_x86_avx2_uses_ymm_fma(transpose_b: bool, m: int) -> None:
+    asm = _asm(AVX2, transpose_b, m)
     assert len(re.findall(r"^\s*vfmadd\d+ps\s+%ymm", asm, flags=re.M)) >= 8
 
 
-@pytest.mark.parametrize("transpose_b", [False, True], ids=["kn", "nk"])
-def test_arm64_uses_fmla_4s(transpose_b: bool) -> None:
-    asm = _asm(ARM, transpose_b)
+@KERNELS
+def test_arm64_uses_fmla_4s(transpose_b: bool, m: int) -> None:
+    asm = _asm(ARM, transpose_b, m)
     assert len(re.findall(r"^\s*fmla\s+v\d+\.4s", asm, flags=re.M)) >= 8
     assert not re.search(r"^\s*bl\s+fmaf", asm, flags=re.M)
 
