@@ -22,7 +22,10 @@ caches), used by tests/compiler/report/test_report_host_check.py. Ends with
 ``RESULT {"max_abs_error_pct": ..., "models": ...}`` (calibrated prediction vs the measured median).
 
     .venv/bin/python benchmarks/predict.py [--models nano-dit-random,nano-unet,small-dit] [--repeats 7]
-        [--clock wall|thread-cpu] [--threads N]
+        [--clock wall|thread-cpu] [--threads N] [--gemm-kernels default|on|off]
+
+``--gemm-kernels on|off`` checks that CPU pipeline (banana's fp32 GEMM kernels or not) whatever the
+lowering's default is: calibration, builds and reports all use it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pathlib import Path
 
 from banana.compiler.report.calibrate import calibrate, thread_copy_bandwidth
 from banana.compiler.report.hostcheck import check_model, load_average
-from banana.compiler.report.machine import machine_for
+from banana.compiler.report.machine import host_cache_bytes, machine_for
 from banana.targets.host import host_soc, host_target
 
 
@@ -51,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("wall", "thread-cpu"), default="wall")
     parser.add_argument("--threads", type=int, default=1,
                         help="runtime threads, 0 = the runtime's default (thread-cpu: always 1)")
+    parser.add_argument("--gemm-kernels", choices=("default", "on", "off"), default="default",
+                        help="the CPU pipeline checked: banana's fp32 GEMM kernels on/off (default: the lowering's)")
     args = parser.parse_args(argv)
+    gemm_kernels = {"default": None, "on": True, "off": False}[args.gemm_kernels]
     threads = 1 if args.clock == "thread-cpu" else (args.threads or None)
     if threads is not None and os.environ.get("TVM_NUM_THREADS") != str(threads):
         # the runtime reads its thread count once, at its first parallel launch: start afresh with it set
@@ -72,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                                      dram_source="numpy copy timed on the thread CPU clock (load-robust)")
         print(f"clock: thread CPU time, one runtime thread (TVM_NUM_THREADS=1); predicted for 1 core; DRAM "
               f"{bandwidth / 1e9:.1f} GB/s (copy on the thread clock)")
-    calibrated, points = calibrate(stated, host_target(), repeats=args.calibration_repeats, clock=args.clock)
+    print(f"pipeline: gemm_kernels={args.gemm_kernels} (calibration, builds and reports alike)")
+    llc = host_cache_bytes(3)
+    if llc:  # a model that fits the last-level cache streams from it, not from DRAM (Machine.for_footprint)
+        llc_bandwidth = thread_copy_bandwidth(nbytes=llc // 4, repeats=20)
+        stated = dataclasses.replace(stated, llc_bytes=llc, llc_bytes_per_s=llc_bandwidth)
+        print(f"last-level cache {llc >> 20} MiB: copy bandwidth {llc_bandwidth / 1e9:.1f} GB/s (thread clock)")
+    calibrated, points = calibrate(stated, host_target(), repeats=args.calibration_repeats, clock=args.clock,
+                                   gemm_kernels=gemm_kernels)
     print("calibration (synthetic workloads, not the models):")
     for p in points:
         print(f"  {p.constant:32} = {p.value:8.3f} (stated {stated.constants[p.constant].value:g})  from "
@@ -84,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
-            r = check_model(f"zoo:{name}", workdir, machines, repeats=args.repeats, clock=args.clock)
+            r = check_model(f"zoo:{name}", workdir, machines, repeats=args.repeats, clock=args.clock,
+                            gemm_kernels=gemm_kernels)
             results[name] = r
             c, s = r["predicted"]["calibrated"], r["predicted"]["stated"]
             marks = c["predicted_ms_by_mark"]
@@ -106,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                        "memory_limited_ms": round(v["predicted"]["calibrated"]["predicted_ms_by_mark"]["memory"], 3),
                        "stated_constants_error_pct": round(v["predicted"]["stated"]["error_pct_vs_median"], 1)}
                    for k, v in results.items()},
-        "clock": args.clock, "threads": stated.threads, "load_average": [round(x, 2) for x in load_average()],
+        "clock": args.clock, "threads": stated.threads, "gemm_kernels": args.gemm_kernels,
+        "load_average": [round(x, 2) for x in load_average()],
         "calibration": {p.constant: round(p.value, 3) for p in points}}))
     return 0
 

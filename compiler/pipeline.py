@@ -236,15 +236,18 @@ def compile_model(
 
         integer = integer_stage(imported, integer_plan, backend_impl.target(target_soc), taps=integer_taps)
     with staged_directory(out) as staging:
-        with timer.stage("build"), apply_tuning_database(tuning_db, target_soc.id, backend) as tuning:
-            build = backend_impl.build(imported, target_soc, staging)
-            from banana.tuning.apply import record_attention_kernels
+        # the report re-lowers the module to analyse it: inside the same tuning context as the build,
+        # so a tuned build is reported with its tuned kernels
+        with apply_tuning_database(tuning_db, target_soc.id, backend) as tuning:
+            with timer.stage("build"):
+                build = backend_impl.build(imported, target_soc, staging)
+                from banana.tuning.apply import record_attention_kernels
 
-            record_attention_kernels(tuning, fusion.sites, set(tuned_knobs) if fuse else set())
-        with timer.stage("report"):  # predicted latency/memory/thermal; checksummed with the rest
-            from banana.compiler.report import report_stage
+                record_attention_kernels(tuning, fusion.sites, set(tuned_knobs) if fuse else set())
+            with timer.stage("report"):  # predicted latency/memory/thermal; checksummed with the rest
+                from banana.compiler.report import report_stage
 
-            report_stage(imported, target_soc, backend, build.target, staging, reference=reference)
+                report_stage(imported, target_soc, backend, build.target, staging, reference=reference)
         with timer.stage("emit"):
             save_weights(imported.weights, staging / WEIGHTS)
             manifest = _manifest(imported, target_soc, backend, build, reference, timer.timings)

@@ -3,6 +3,8 @@
 The pipeline opens the database for the build's SoC and backend with :func:`apply_tuning_database`;
 the LLVM lowering calls :func:`apply_active_records` between fusion and the default schedule rules
 and this module remembers which tasks were tuned and which were not, for the manifest and the CLI.
+The build and its report's analysis both lower the module inside the same context, so records are
+applied twice per compile: each task is listed once.
 """
 
 from __future__ import annotations
@@ -81,10 +83,19 @@ def apply_active_records(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IR
 
         with target, applied._memory_db:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    tuned = 0
     for name in names:
-        func = mod[name]
-        (applied.tuned if func.attrs.get("tirx.is_scheduled", False) else applied.untuned).append(name)
-    logger.info("tuning records applied to %d of %d tasks", len(applied.tuned), len(names))
+        is_tuned = bool(mod[name].attrs.get("tirx.is_scheduled", False))
+        tuned += is_tuned
+        # the same module lowered again (the report's analysis) lists a task once; tuned wins when the
+        # two lowerings differ (an adreno/hexagon report analyses the CPU lowering, which no record matches)
+        if is_tuned and name not in applied.tuned:
+            applied.tuned.append(name)
+            if name in applied.untuned:
+                applied.untuned.remove(name)
+        elif not is_tuned and name not in applied.untuned and name not in applied.tuned:
+            applied.untuned.append(name)
+    logger.info("tuning records applied to %d of %d tasks", tuned, len(names))
     return mod
 
 

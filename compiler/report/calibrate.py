@@ -9,21 +9,35 @@ same VM — chosen so that the constant being calibrated dominates its predicted
 ============================  ==========================================================
 constant                      workload (float32)
 ============================  ==========================================================
-parallel_launch_us            linear [1,1,4] x [4,4] + b: one parallel kernel doing ~nothing
-serial_call_us                transpose [2,3]: one serial kernel doing ~nothing
-cycles_per_scalar_mac         linear [1,256,128] x [128,256] + b: column of 128 lines, held by the L2
-cycles_per_scalar_mac_per..   linear [1,32,1024] x [1024,1024] + b: column 8x what the L2 holds
+parallel_launch_us            linear [1,1,4] x [1,4,4] + b: one parallel kernel doing ~nothing
+serial_call_us                16 chained linear [1,1,4] x [1,4,4] + b: 16 serial kernel calls doing ~nothing
+cycles_per_scalar_mac         linear [1,256,128] x [1,128,256] + b: column of 128 lines, held by the L2
+cycles_per_scalar_mac_per..   linear [1,32,1024] x [1,1024,1024] + b: column 8x what the L2 holds
                               for its 4 KB stride (roofline.scalar_mac_cycles)
 cycles_per_element_moved      transpose [512,512]: a serial copy loop of 1 MB
+cycles_per_element_moved_in.. transpose [128,128]: the same strided copy held by the L2
+vector_efficiency             polynomial of x [256,1024]: one fused element-wise kernel (Horner, 64 ops per
+                              element) the default schedule vectorises
+simd_efficiency               linear [1,96,256] x [256,320] + b: with ``gemm_kernels`` banana's
+                              register-tiled GEMM (explicit SIMD intrinsics)
 ============================  ==========================================================
+
+The scalar-reduction workloads keep a batch-1 3-D weight: the GEMM pass
+(``compiler/passes/gemm.py``) rewrites only 2-D weights, so they stay on the untiled path (which
+batched matmuls, attention's and convolutions' reductions still take) with either pipeline; the
+``simd_efficiency`` workload has a 2-D weight, so it is the GEMM kernel when the pipeline has
+``gemm_kernels`` and isolates nothing (stated value kept) when it has not. ``calibrate`` lowers every
+workload with the pipeline it is given (``gemm_kernels``), the one the checked artifacts use.
 
 Each constant is solved so that the prediction equals the measurement, in the order of
 the table (later workloads use the constants solved before them); the prediction is monotone in
 each constant, so the value is found by bisection and checked to be the term that sets the time.
 Times are the minimum over repeats of the whole call: on a shared machine the minimum is the run
 least disturbed by others.
-``vector_efficiency``, ``cycles_per_scalar_op`` and ``dram_efficiency`` stay at their stated
-first-principles values (no workload isolates them with these schedules).
+``cycles_per_scalar_op``, ``cycles_per_vector_move`` and ``dram_efficiency`` stay at their stated
+first-principles values (no workload isolates them with these schedules), and so does any constant
+whose workload the pipeline lowers differently (e.g. ``simd_efficiency`` without the GEMM kernels).
+Efficiencies make the prediction fall as they rise; the solver handles either direction.
 """
 
 from __future__ import annotations
@@ -63,11 +77,45 @@ def single_op_module(shapes: list[tuple[int, ...]], op: Callable[..., Any]) -> A
     return bb.get()
 
 
-def _linear(m: int, k: int, n: int) -> Callable[[], Any]:
-    """x[1,m,k] @ w[k,n] + b[n]: a linear layer (the bias epilogue makes TVM fuse and parallelise it)."""
+def _linear(m: int, k: int, n: int, *, batched_weight: bool = False) -> Callable[[], Any]:
+    """x[1,m,k] @ w[k,n] + b[n]: a linear layer (the bias epilogue makes TVM fuse and parallelise it).
+
+    ``batched_weight``: w is [1,k,n], which the GEMM pass leaves to the untiled lowering."""
     from tvm import relax
 
-    return lambda: single_op_module([(1, m, k), (k, n), (n,)], lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b))
+    w_shape = (1, k, n) if batched_weight else (k, n)
+    return lambda: single_op_module([(1, m, k), w_shape, (n,)],
+                                    lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b))
+
+
+def _linear_chain(calls: int) -> Callable[[], Any]:
+    """``calls`` tiny linear layers in a row: as many kernel calls (a reduction does not fuse into the next),
+    so the per-call cost is measured inside a module, as a model's calls run, not dominated by the cost of
+    entering ``main`` once (measured: ~0.5 us per call in such a chain, ~1.9 us for a one-kernel module)."""
+    from tvm import relax
+
+    def chain(x: Any, w: Any, b: Any) -> Any:
+        for _ in range(calls):
+            x = relax.op.add(relax.op.matmul(x, w), b)
+        return x
+
+    return lambda: single_op_module([(1, 1, 4), (1, 4, 4), (4,)], chain)
+
+
+def _polynomial(a: int, b: int, degree: int = 32) -> Callable[[], Any]:
+    """A degree-``degree`` polynomial of x by Horner's rule (multiply, add per degree): one fused
+    element-wise kernel of 2 x ``degree`` ops per element that the default schedule vectorises, with
+    enough arithmetic per byte moved that its compute term sets its time. (Expanded math functions
+    such as tanh would do, but nesting them makes the lowering take minutes.)"""
+    from tvm import relax
+
+    def horner(x: Any) -> Any:
+        y = x
+        for i in range(degree):
+            y = relax.op.add(relax.op.multiply(y, x), relax.const(1.0 / (i + 2), "float32"))
+        return y
+
+    return lambda: single_op_module([(a, b)], horner)
 
 
 def _transpose(a: int, b: int) -> Callable[[], Any]:
@@ -77,15 +125,28 @@ def _transpose(a: int, b: int) -> Callable[[], Any]:
 
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("parallel_launch_us", "linear [1,1,4]x[4,4]+b (one near-empty parallel kernel)", _linear(1, 4, 4)),
-    Workload("serial_call_us", "transpose [2,3] (one near-empty serial kernel)", _transpose(2, 3)),
-    Workload("cycles_per_scalar_mac", "linear [1,256,128]x[128,256]+b (column held by the L2)",
-             _linear(256, 128, 256)),
+    Workload("parallel_launch_us", "linear [1,1,4]x[1,4,4]+b (one near-empty parallel kernel)",
+             _linear(1, 4, 4, batched_weight=True)),
+    Workload("serial_call_us", "16 chained linear [1,1,4]x[1,4,4]+b (16 near-empty serial kernel calls)",
+             _linear_chain(16)),
+    Workload("cycles_per_scalar_mac", "linear [1,256,128]x[1,128,256]+b (column held by the L2)",
+             _linear(256, 128, 256, batched_weight=True)),
     Workload("cycles_per_scalar_mac_per_miss_doubling",
-             "linear [1,32,1024]x[1024,1024]+b (4 KB stride: K is 8x the L2's capacity for it)",
-             _linear(32, 1024, 1024)),
+             "linear [1,32,1024]x[1,1024,1024]+b (4 KB stride: K is 8x the L2's capacity for it)",
+             _linear(32, 1024, 1024, batched_weight=True)),
     Workload("cycles_per_element_moved", "transpose [512,512] (1 MB serial copy)", _transpose(512, 512)),
+    Workload("cycles_per_element_moved_in_l2", "transpose [128,128] (128 KB in and out: held by the L2)",
+             _transpose(128, 128)),
+    Workload("vector_efficiency", "degree-32 polynomial of x [256,1024] (one vectorised element-wise kernel, "
+             "64 ops per element)", _polynomial(256, 1024)),
+    Workload("simd_efficiency", "linear [1,96,256]x[256,320]+b (the register-tiled GEMM kernel with gemm_kernels)",
+             _linear(96, 256, 320)),
 )
+
+#: constants whose rise makes the prediction fall (solved over this range instead of [0, high])
+_EFFICIENCIES = {"simd_efficiency": (0.01, 4.0), "vector_efficiency": (0.01, 4.0)}
+"""Up to 4: the peak is derived at the nominal clock and counts an FMA as 2 ops; a boosting core that
+issues separate adds and multiplies at the FMA rate exceeds that figure (calibrated > 1 on this host)."""
 
 
 @dataclass
@@ -113,19 +174,23 @@ def _with_constant(machine: Machine, name: str, value: float) -> Machine:
 
 
 def _predicted_s(work: ModelWork, machine: Machine) -> float:
+    machine = machine.for_footprint(work.footprint_bytes)  # as the host check predicts the models
     return sum(predict_kernel(work.kernels[c.kernel], machine).predicted_s for c in work.calls)
 
 
-def _solve(predict: Callable[[float], float], measured_s: float, high: float = 1e4) -> float:
-    """The constant at which the (monotone, piecewise-linear) prediction equals the measurement."""
-    low = 0.0
-    if predict(low) >= measured_s:
-        return 0.0
-    if predict(high) < measured_s:
+def _solve(predict: Callable[[float], float], measured_s: float, low: float = 0.0, high: float = 1e4) -> float:
+    """The constant at which the monotone (rising or falling) prediction equals the measurement;
+    ``low`` when the measurement is beyond the prediction's reach on that side, nan on the other."""
+    rising = predict(high) >= predict(low)
+    at_low, at_high = predict(low), predict(high)
+    if (at_low >= measured_s) if rising else (at_low <= measured_s):
+        return low
+    if (at_high < measured_s) if rising else (at_high > measured_s):
         return float("nan")
     for _ in range(100):
         mid = 0.5 * (low + high)
-        if predict(mid) < measured_s:
+        below = predict(mid) < measured_s
+        if below == rising:
             low = mid
         else:
             high = mid
@@ -182,8 +247,11 @@ def thread_copy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 5) -> float:
 
 def calibrate(machine: Machine, target: dict[str, Any], repeats: int = 15,
               workloads: tuple[Workload, ...] = WORKLOADS,
-              clock: str = "wall") -> tuple[Machine, list[CalibrationPoint]]:
-    """``machine`` with each workload's constant replaced by its value measured here."""
+              clock: str = "wall", gemm_kernels: bool | None = None) -> tuple[Machine, list[CalibrationPoint]]:
+    """``machine`` with each workload's constant replaced by its value measured here.
+
+    ``gemm_kernels``: the lowering's option (None = its default), the same the checked artifacts are
+    built with, so the constants describe the kernels those artifacts contain."""
     import tvm
 
     from banana.compiler.report.work import analyze_lowered, lower_for_analysis
@@ -192,7 +260,7 @@ def calibrate(machine: Machine, target: dict[str, Any], repeats: int = 15,
     points: list[CalibrationPoint] = []
     for w in workloads:
         mod = w.build()
-        lowered = lower_for_analysis(mod, target)
+        lowered = lower_for_analysis(mod, target, gemm_kernels=gemm_kernels)
         work = analyze_lowered(lowered)
         executable = tvm.compile(lowered, target=tvm.target.Target(target), relax_pipeline=None)
         args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
@@ -203,10 +271,10 @@ def calibrate(machine: Machine, target: dict[str, Any], repeats: int = 15,
         def predict(c: float, work: ModelWork = work, machine: Machine = machine, name: str = w.constant) -> float:
             return _predicted_s(work, _with_constant(machine, name, c))
 
-        value = _solve(predict, t_min)
+        value = _solve(predict, t_min, *_EFFICIENCIES.get(w.constant, (0.0, 1e4)))
         at = _predicted_s(work, _with_constant(machine, w.constant, value))
         # the constant really sets the time there (not the DRAM term or the other constants)
-        isolated = value > 0 and _predicted_s(work, _with_constant(machine, w.constant, 0.8 * value)) < at
+        isolated = value > 0 and _predicted_s(work, _with_constant(machine, w.constant, 0.8 * value)) != at
         isolated = isolated and abs(at - t_min) <= 0.01 * t_min
         point = CalibrationPoint(w.constant, w.description, t_min * 1e3, float(np.median(times)), value, isolated)
         logger.info("calibrated %s = %.3g on %s (min %.3f ms)", w.constant, value, w.description, t_min * 1e3)

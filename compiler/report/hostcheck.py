@@ -5,13 +5,19 @@ The host is described like any registry SoC (``targets.host.host_soc``: cores an
 OS, derived fp32 peak, measured DRAM bandwidth). The CPU constants come either as stated in
 ``machine.CONSTANTS`` or calibrated on this host by ``calibrate.calibrate`` on synthetic
 workloads that are *not* the models checked here, so the check validates rather than fits.
+
+Both CPU pipelines can be checked (``gemm_kernels``: banana's register-tiled fp32 GEMM kernels on
+or off; None = the lowering's default): the calibration, the build and its report's analysis then
+all use that pipeline, so the constants describe the kernels the checked artifacts contain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,11 @@ def load_average() -> tuple[float, float, float]:
 
 
 def predict_step_ms(work: ModelWork, machine: Machine) -> dict[str, Any]:
-    """Per-step prediction (ms) and each kernel's mark: which term sets its predicted time."""
+    """Per-step prediction (ms) and each kernel's mark: which term sets its predicted time.
+
+    The memory term uses the last-level cache's bandwidth when the model fits in it
+    (``Machine.for_footprint``; only machines with a measured cache bandwidth, i.e. this host)."""
+    machine = machine.for_footprint(work.footprint_bytes)
     preds = {name: predict_kernel(k, machine) for name, k in work.kernels.items()}
     total = {"predicted_ms": 0.0, "low_ms": 0.0, "high_ms": 0.0, "bound_ms": 0.0}
     by_mark = {"compute": 0.0, "memory": 0.0}
@@ -48,12 +58,39 @@ def predict_step_ms(work: ModelWork, machine: Machine) -> dict[str, Any]:
             "marks": {name: p.predicted_kind for name, p in preds.items()}}
 
 
-def compile_for_host(model: str, out: Path) -> Path:
+@contextlib.contextmanager
+def lowering_variant(gemm_kernels: bool | None) -> Iterator[None]:
+    """Every LLVM lowering inside (the backend's build and the report's analysis) uses ``gemm_kernels``.
+
+    ``banana.compiler.lowering`` takes the option only as an argument and the backends call it with
+    its default, so for the check of the non-default pipeline its ``llvm_pipeline`` is wrapped for
+    the duration (both ``compile_llvm`` and ``work.lower_for_analysis`` look it up at call time).
+    A context option in the lowering module would replace this. None: nothing is changed.
+    """
+    if gemm_kernels is None:
+        yield
+        return
+    from banana.compiler import lowering
+
+    original = lowering.llvm_pipeline
+
+    def pipeline(target: Any, **kwargs: Any) -> Any:
+        return original(target, **{**kwargs, "gemm_kernels": gemm_kernels})
+
+    lowering.llvm_pipeline = pipeline  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        lowering.llvm_pipeline = original  # type: ignore[assignment]
+
+
+def compile_for_host(model: str, out: Path, gemm_kernels: bool | None = None) -> Path:
     """``banana compile MODEL --backend host`` into ``out`` (reused if it is already there)."""
     from banana.compiler.pipeline import compile_model
 
     if not (out / "manifest.json").is_file():
-        compile_model(model, backend="host", out=out)
+        with lowering_variant(gemm_kernels):
+            compile_model(model, backend="host", out=out)
     return out
 
 
@@ -72,11 +109,13 @@ def measure_artifact_ms(artifact_dir: Path, repeats: int, seed: int = 0, clock: 
 
 
 def check_model(model: str, workdir: Path, machines: dict[str, Machine], repeats: int = 7,
-                clock: str = "wall") -> dict[str, Any]:
-    """Predicted (one entry per named machine) vs measured per-step latency of ``model`` here."""
+                clock: str = "wall", gemm_kernels: bool | None = None) -> dict[str, Any]:
+    """Predicted (one entry per named machine) vs measured per-step latency of ``model`` here,
+    built with the pipeline variant ``gemm_kernels`` (see :func:`lowering_variant`)."""
     from banana.compiler.report.build import model_work_from_report, read_report
 
-    artifact = compile_for_host(model, workdir / model.replace(":", "_"))
+    variant = {None: "", True: "_gemm", False: "_nogemm"}[gemm_kernels]
+    artifact = compile_for_host(model, workdir / (model.replace(":", "_") + variant), gemm_kernels)
     work = model_work_from_report(read_report(artifact / "report.json"))
     load_before = load_average()
     times = measure_artifact_ms(artifact, repeats, clock=clock)

@@ -12,7 +12,7 @@ Two kinds of number live here and are never mixed up:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from banana.targets.soc import Soc
@@ -57,19 +57,43 @@ CONSTANTS: dict[str, Constant] = {
         "elements; a vectorised loop (the conv schedules' padding) moves a SIMD register per store "
         "(roofline._cpu_compute_s divides by the lanes); nominal 5.7 = calibrated on this host on a synthetic "
         "transpose [512,512] (calibrate.py, one thread, thread CPU time), not on any model"),
+    "cycles_per_element_moved_in_l2": Constant(
+        2.6, 1.0, 6.0, "cycles per element of a scalar copy loop whose operands the L2 holds, one core",
+        "the strided reads of a transpose hit the L2 instead of missing it when the kernel's operands fit in half "
+        "the L2 (roofline._cpu_compute_s); nominal 2.6 = calibrated on this host (2.5-3.2 over three runs, thread "
+        "CPU time) on a synthetic transpose [128,128] (calibrate.py), not on any model; phone value assumed equal "
+        "(unverified)"),
+    "cycles_per_vector_move": Constant(
+        1.0, 0.5, 6.0, "cycles per vector store of a copy from contiguous loads, one core",
+        "a contiguous vector load + store pair issues in about a cycle from L1 on these cores (one 256/128-bit "
+        "store port); stated, not calibrated: no synthetic workload isolates it from the call overhead; high "
+        "end = the strided-copy cost per element (cycles_per_element_moved)"),
     "vector_efficiency": Constant(
-        0.25, 0.1, 0.5, "fraction of SIMD peak",
-        "vectorised + parallel loop nests without register tiling: a load per FMA limits issue to about a "
-        "quarter to half of the FMA pipes"),
+        0.6, 0.2, 1.0, "fraction of SIMD peak",
+        "loops the compiler vectorises (banana's default element-wise schedule, dlight's reductions): operands "
+        "are loaded per op, no register tiling; nominal 0.6 = calibrated on this host (0.57-0.68, one thread, "
+        "thread CPU time) on a synthetic fused element-wise kernel (calibrate.py), not on any model; phone value "
+        "assumed equal (unverified)"),
+    "simd_efficiency": Constant(
+        0.75, 0.4, 1.1, "fraction of SIMD peak",
+        "hand-written register-tiled kernels that issue explicit vector intrinsics (banana.kernels' fp32/fp16/int "
+        "GEMMs; work.py counts their executed ops from the TIR: an FMA is 2 ops per lane): accumulators stay in "
+        "registers, what is lost to peak is operand loads, packing and loop overhead. Calibrated on this host at "
+        "0.96-1.10 (one thread, thread CPU time) on a synthetic linear layer [1,96,256]x[256,320]+b built with the "
+        "GEMM kernels (calibrate.py), not on any model; that is against a peak derived at the nominal 2.45 GHz "
+        "while the core boosts (EPYC: up to ~3.5 GHz, quoted from memory, unverified), i.e. about 0.7-0.77 of the "
+        "boosted peak: nominal 0.75 for phones, whose peaks are stated at their maximum clock (unverified)"),
     "parallel_launch_us": Constant(
         8.0, 2.0, 20.0, "microseconds per parallel kernel call",
         "TVM thread-pool fork/join per parallel loop plus the VM call: calibrated on a near-empty parallel "
         "linear layer (calibrate.py): about 11 us with the pool's 2 threads on this shared host under load, "
         "2-3.5 us with one thread (no fork); nominal 8 for a multi-core phone pool (unverified)"),
     "serial_call_us": Constant(
-        2.0, 0.5, 4.0, "microseconds per serial kernel call",
-        "VM call instruction + packed-function dispatch: calibrated at 0.6-2.9 us on a near-empty transpose "
-        "[2,3] on this host (calibrate.py; varies with load)"),
+        0.6, 0.3, 4.0, "microseconds per serial kernel call",
+        "VM call instruction + packed-function dispatch inside a model's main: calibrated at 0.5-0.6 us per call "
+        "on 16 chained near-empty linear layers on this host (calibrate.py, one thread, thread CPU time); a "
+        "one-kernel module costs 1.9 us per call, most of it entering main once; phone value assumed equal "
+        "(unverified)"),
     "dram_efficiency": Constant(
         0.8, 0.6, 0.9, "fraction of DRAM bandwidth",
         "streaming kernels reach 60-90 % of the theoretical DRAM bandwidth on phones and PCs (STREAM-style); the "
@@ -98,18 +122,23 @@ PHONE_L2_BYTES = 512 * 1024
 (unverified); the prime core's larger L2 is ignored because parallel loops wait for the slowest core."""
 
 
-def _host_l2_bytes() -> int:
+def host_cache_bytes(level: int, default: int = 0) -> int:
+    """Size of this machine's cache at ``level`` (sysfs), or ``default`` when it is not listed."""
     from pathlib import Path
 
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            if (index / "level").read_text().strip() == "2":
+            if (index / "level").read_text().strip() == str(level):
                 size = (index / "size").read_text().strip()
                 scale = {"K": 1024, "M": 1024**2}.get(size[-1], 1)
                 return int(size.rstrip("KM")) * scale
         except (OSError, ValueError):
             continue
-    return 1024 * 1024
+    return default
+
+
+def _host_l2_bytes() -> int:
+    return host_cache_bytes(2, 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -143,6 +172,27 @@ class Machine:
     dram_bytes_per_s: float
     dram_source: str
     constants: dict[str, Constant] = field(default_factory=lambda: dict(CONSTANTS))
+    #: cores the peaks cover (0: ``threads``); stays put when ``threads`` is narrowed for a run on fewer
+    #: cores, so vector code is timed at that share of the peak
+    peak_threads: int = 0
+    #: last-level cache size and its measured copy bandwidth (0: unknown, every byte comes from DRAM)
+    llc_bytes: int = 0
+    llc_bytes_per_s: float = 0.0
+
+    def for_footprint(self, nbytes: int) -> Machine:
+        """This machine for a model touching ``nbytes`` per step: when they fit in half the last-level
+        cache (known sizes and bandwidth only), the steps after the first find them there, so the
+        memory term moves them at the cache's bandwidth instead of DRAM's."""
+        if not (self.llc_bytes and self.llc_bytes_per_s) or nbytes > self.llc_bytes // 2:
+            return self
+        return replace(self, dram_bytes_per_s=self.llc_bytes_per_s,
+                       dram_source=f"last-level cache ({self.llc_bytes >> 20} MiB holds the model's "
+                                   f"{nbytes / 2**20:.1f} MiB): its measured copy bandwidth")
+
+    def peak_share(self, parallel: bool) -> float:
+        """Share of the peak a loop reaches: all its threads' cores if parallel, one core if serial."""
+        cores = self.peak_threads or self.threads
+        return min(1.0, (self.threads if parallel else 1) / max(1, cores))
 
     def peak(self, precision: str) -> Peak:
         key = "int8" if precision in ("int4", "int8") else precision
@@ -151,7 +201,8 @@ class Machine:
     def to_json(self) -> dict[str, Any]:
         return {
             "soc_id": self.soc_id, "soc_name": self.soc_name, "backend": self.backend, "kind": self.kind,
-            "threads": self.threads, "parallel_ghz": self.parallel_ghz, "serial_ghz": self.serial_ghz,
+            "threads": self.threads, "peak_threads": self.peak_threads or self.threads,
+            "parallel_ghz": self.parallel_ghz, "serial_ghz": self.serial_ghz,
             "fp32_lanes": self.fp32_lanes, "l2_bytes": self.l2_bytes,
             "peaks": {k: v.to_json() for k, v in self.peaks.items()},
             "dram_bytes_per_s": self.dram_bytes_per_s, "dram_source": self.dram_source,
@@ -193,6 +244,7 @@ def machine_for(soc: Soc, backend: str) -> Machine:
         backend=backend,
         kind="cpu" if backend in ("host", "cpu") else "accelerator",
         threads=threads,
+        peak_threads=threads,
         parallel_ghz=min(c.max_ghz for c in big),
         serial_ghz=max(c.max_ghz for c in big),
         fp32_lanes=lanes,

@@ -3,11 +3,11 @@
 ``bound`` is what no code can beat on the machine: max(ops / peak ops/s, bytes / DRAM bytes/s)
 with the sourced peak for the kernel's precision (memory term only when the peak is unknown).
 ``predicted`` (CPU backends) follows the code banana emits: each store's ops are timed by the
-shape of the loop nest they run in (parallel or serial, vector or scalar, reduction or not; see
-``work.schedule_class``) with the stated constants of ``machine.CONSTANTS``, plus the per-call
-launch cost; the kernel takes the larger of that and its DRAM time. Accelerator backends get a
-roofline with the tuned-kernel efficiency and the estimate peak range. Every predicted figure
-carries ``low``/``high`` from the constants' ranges.
+shape of the loop nest they run in (parallel or serial; compiler-vectorised, hand-written SIMD
+intrinsics or scalar; reduction or not; see ``work.schedule_class``) with the stated constants of
+``machine.CONSTANTS``, plus the per-call launch cost; the kernel takes the larger of that and its
+DRAM time. Accelerator backends get a roofline with the tuned-kernel efficiency and the estimate
+peak range. Every predicted figure carries ``low``/``high`` from the constants' ranges.
 
 Each kernel is marked by what limits its *predicted* time (``limited_by``: the compute term of the
 code as emitted, or its DRAM term) and, separately, by which term of the physical bound is larger
@@ -101,26 +101,36 @@ def scalar_mac_cycles(work: KernelWork, l2_bytes: int, constants: dict[str, floa
 
 def _cpu_compute_s(work: KernelWork, machine: Machine, pick: str) -> float:
     c = {k: getattr(v, pick) for k, v in machine.constants.items()}
-    if pick == "low":  # optimistic: the efficiency-type constants take their high end
-        c["vector_efficiency"] = machine.constants["vector_efficiency"].high
-    elif pick == "high":
-        c["vector_efficiency"] = machine.constants["vector_efficiency"].low
+    for name in ("vector_efficiency", "simd_efficiency"):  # efficiencies: optimistic = their high end
+        if pick == "low":
+            c[name] = machine.constants[name].high
+        elif pick == "high":
+            c[name] = machine.constants[name].low
     par_hz = machine.threads * machine.parallel_ghz * 1e9
     ser_hz = machine.serial_ghz * 1e9
     peak = machine.peak(work.precision).value or machine.peak("fp32").value or par_hz * machine.fp32_lanes * 4
     total = 0.0
     for key, ops in work.ops_by_class.items():
         stores = work.stores_by_class.get(key, 0)
+        # stores of values without arithmetic (copies, padding, packing): element by element in scalar code
+        # (strided reads: a transpose; vectorised gathers are classed scalar by work.py), a vector of lanes
+        # per store instruction from contiguous loads in vector code (conv padding, a GEMM's packing)
+        moves = work.moves_by_class.get(key, stores if ops == 0 else 0)
         parallel, vector, reduction = key.split("_")
         hz = par_hz if parallel == "par" else ser_hz
-        if ops == 0:  # pure data movement (copies, padding): per store instruction, which moves a vector's
-            # lanes at once when the loop is vectorised (the conv schedules' padding loops)
-            total += stores * c["cycles_per_element_moved"] / hz / (machine.fp32_lanes if vector == "vec" else 1)
-        elif vector == "vec":
-            rate = peak * c["vector_efficiency"] * (1.0 if parallel == "par" else 1.0 / machine.threads)
-            total += ops / rate
+        if vector == "scalar":  # strided reads that hit the L2 when the kernel's operands fit in half of it
+            in_l2 = work.bytes <= machine.l2_bytes // 2
+            total += moves * c["cycles_per_element_moved_in_l2" if in_l2 else "cycles_per_element_moved"] / hz
+        else:
+            total += moves * c["cycles_per_vector_move"] / hz / machine.fp32_lanes
+        if ops == 0:
+            continue
+        if vector == "vec":
+            total += ops / (peak * machine.peak_share(parallel == "par") * c["vector_efficiency"])
+        elif vector == "simd":  # hand-written SIMD (explicit intrinsics): its executed ops at a share of peak
+            total += ops / (peak * machine.peak_share(parallel == "par") * c["simd_efficiency"])
         elif reduction == "red":
-            total += stores * scalar_mac_cycles(work, machine.l2_bytes, c) / hz
+            total += (stores - moves) * scalar_mac_cycles(work, machine.l2_bytes, c) / hz
         else:
             total += ops * c["cycles_per_scalar_op"] / hz
     return total
@@ -132,7 +142,9 @@ def predict_kernel(work: KernelWork, machine: Machine) -> Prediction:
     bound = max(compute_bound or 0.0, memory_bound)
     k = machine.constants
     if machine.kind == "cpu":
-        launch = {p: (getattr(k["parallel_launch_us"], p) if work.parallel else getattr(k["serial_call_us"], p)) * 1e-6
+        # a parallel loop forks only with more than one runtime thread: with one it runs inline, a serial call
+        forks = work.parallel and machine.threads > 1
+        launch = {p: (getattr(k["parallel_launch_us"], p) if forks else getattr(k["serial_call_us"], p)) * 1e-6
                   for p in ("value", "low", "high")}
         eff = {"value": k["dram_efficiency"].value, "low": k["dram_efficiency"].high, "high": k["dram_efficiency"].low}
         compute_s = {p: _cpu_compute_s(work, machine, p) for p in ("value", "low", "high")}

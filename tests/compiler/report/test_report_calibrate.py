@@ -7,7 +7,7 @@ import pytest
 from banana.compiler.report.calibrate import WORKLOADS, _solve, calibrate
 from banana.compiler.report.machine import machine_for
 from banana.compiler.report.roofline import column_capacity_lines, scalar_mac_cycles
-from banana.compiler.report.work import KernelWork
+from banana.compiler.report.work import KernelWork, analyze_lowered, lower_for_analysis
 from banana.targets.host import host_soc, host_target
 
 
@@ -42,12 +42,28 @@ def test_solve_inverts_a_monotone_piecewise_linear_prediction() -> None:
     assert _solve(predict, 1.5) == 0.0  # below the floor: the constant cannot explain it
 
 
+def test_solve_inverts_a_falling_prediction() -> None:
+    """Efficiencies: time = work / (peak x efficiency) falls as the efficiency rises."""
+    def predict(e: float) -> float:
+        return 1.0 + 8.0 / e
+
+    assert _solve(predict, 5.0, 0.01, 4.0) == pytest.approx(2.0, rel=1e-9)
+    assert _solve(predict, 2.0, 0.01, 4.0) != _solve(predict, 2.0, 0.01, 4.0)  # beyond reach: nan
+
+
 def test_calibration_reproduces_its_own_workloads() -> None:
     """The near-empty workloads (fast): each solved constant makes the prediction equal the measured min."""
     machine = machine_for(host_soc(), "host")
     tiny = tuple(w for w in WORKLOADS if w.constant in ("parallel_launch_us", "serial_call_us"))
     calibrated, points = calibrate(machine, host_target(), repeats=5, workloads=tiny)
     assert [p.constant for p in points] == ["parallel_launch_us", "serial_call_us"]
+    # a pipeline that runs tiny kernels serially (compiler/passes/small_kernels.py) leaves no parallel
+    # launch to time: that point must then say it isolates nothing and keep the stated value
+    parallel = analyze_lowered(lower_for_analysis(tiny[0].build(), host_target()))
+    if not any(k.parallel for k in parallel.kernels.values()):
+        assert not points[0].compute_dominates
+        assert calibrated.constants["parallel_launch_us"] == machine.constants["parallel_launch_us"]
+        points = points[1:]
     for p in points:
         assert p.compute_dominates, p
         assert 0.05 < p.value < 1000  # microseconds per call: a dispatch, not a bug
