@@ -4,9 +4,9 @@ TVM's stock CPU pipeline legalises and fuses but schedules nothing; dlight's CPU
 reductions and GEMVs a parallel, vectorised schedule without tuning, banana's ``Injective`` rule
 (:mod:`banana.compiler.passes.cpu_default_schedule`) the elementwise/broadcast/transpose kernels,
 whose erf/exp :mod:`banana.compiler.passes.fast_math` makes vectorisable. With ``gemm_kernels=True``
-fp32 matmuls become banana's register-tiled GEMM kernel before legalisation
-(:mod:`banana.compiler.passes.gemm`; dlight has no CPU GEMM rule): ~30x faster on the small DiT,
-but opt-in until the report's latency model prices it (its host check fails with it). Tuning records (the tuning
+(the default) fp32 matmuls become banana's register-tiled GEMM kernel before legalisation
+(:mod:`banana.compiler.passes.gemm`; dlight has no CPU GEMM rule): ~30x faster on the small DiT;
+the report's work model prices it from its TIR (compiler/report/intrinsics.py). Tuning records (the tuning
 issue) slot in here, before the rules, so tuned kernels win and the rules cover the rest.
 """
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 #: whether fp32 matmuls become banana's GEMM kernel by default (build and tuning task extraction alike)
-GEMM_KERNELS = False
+GEMM_KERNELS = True
 
 
 def llvm_pre_schedule_passes(target: tvm.target.Target, *,
