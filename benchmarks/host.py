@@ -76,7 +76,11 @@ def _torch_runner(model: str) -> Callable[[], None]:
     return run
 
 
-def time_round_robin(engines: dict[str, Callable[[], None]], rounds: int, budget_s: float) -> dict[str, float]:
+def time_round_robin(engines: dict[str, Callable[[], None]], rounds: int, budget_s: float,
+                     settle_s: float = 0.01) -> dict[str, float]:
+    """Median ms per engine, one run each per round. ``settle_s``: a pause after every run, because
+    thread pools (onnxruntime's, TVM's, PyTorch's) keep spinning for a while after their work and
+    would otherwise slow down whichever engine runs next (seen: 2-3x on the nano DiT)."""
     for fn in engines.values():  # warm up (first-call allocation, thread pools)
         fn()
         fn()
@@ -84,6 +88,7 @@ def time_round_robin(engines: dict[str, Callable[[], None]], rounds: int, budget
     start = time.perf_counter()
     for _ in range(rounds):
         for name, fn in engines.items():
+            time.sleep(settle_s)
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
