@@ -1,15 +1,25 @@
 """banana int8 vs banana fp32 vs onnxruntime (same QDQ model) vs onnxruntime fp32 on this host, side by side.
 
     .venv/bin/python benchmarks/quantized.py [--rounds 50] [--budget-s 60] [--no-mac-share]
+                                             [--size-models nano-dit,small-dit]
 
-Models: the nano DiT's float export, its W8A8 QDQ graph and a mixed INT4/INT8 plan (INT8 for
-the input/output/embedding layers, INT4 elsewhere; block 32 on the MLPs) -- activation scales
-from a short calibration (8 seeds), the way ``banana quantize`` builds them, without DQAT training
-(latency and size do not depend on it). banana artifacts: ``banana compile --backend host``
-(integer kernels for the QDQ graphs, untuned default schedules). onnxruntime: all graph
+Models: a zoo DiT's float export, its W8A8 QDQ graph and the DQAT search's mixed INT4/INT8 plan
+(:func:`dqat_mixed_plan`: ``greedy_search`` over INT4/INT8 weights with INT8 activations, the most
+accurate plan within 4.5 average weight bits -- the same calls, arguments and budget as
+``benchmarks/fidelity.py``'s "mixed DQAT per-step" row). Fastest faithful setting: calibration on
+8 seeds (fidelity.py: 64) and no DQAT training -- training changes weight values, never the
+plan, a tensor's dtype or a byte of the artifact. Activation scales per step (MSE), the graph of
+step 1, the way ``banana quantize`` builds them. banana artifacts: ``banana compile --backend
+host`` (integer kernels for the QDQ graphs, untuned default schedules). onnxruntime: all graph
 optimisations (its QDQ -> integer-kernel fusions) and as many threads as TVM uses. Engines are
-timed round-robin, medians. Sizes: the weights file (``size_ratio_*``) and the whole artifact
-including the code library (``*_total``), each over the fp32 artifact's.
+timed round-robin, medians (nano DiT only).
+
+Sizes, for every model in ``--size-models`` (default: the nano DiT, ~1 M parameters, where code
+weighs as much as weights, and the small DiT, ~10 M, where weights dominate): the *shipped*
+artifact is what an app loads -- the compiled library (``model.so``) plus the weights file;
+manifest and reports are build metadata, printed but not counted. ``size_ratio_int8`` /
+``size_ratio_mixed``: shipped int8 / mixed artifact over the shipped fp32 artifact of the nano
+DiT; ``*_weights``: the weights files alone; ``sizes``: every model's bytes per file kind.
 
 ``arm64_dot_mac_share`` comes from ``benchmarks/int8_mac_share.py`` (the arm64 kernel's
 disassembly: share of the int8 GEMM hot-loop MACs issued by sdot/smmla); null if that is absent.
@@ -28,44 +38,58 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-# Mixed plan: the model's edges (patch embedding, timestep/text embeddings, output projection) in
-# INT8, the body (attention, MLP, adaLN modulation) in INT4. With adaLN also in INT8 the weights
-# are 0.22x fp32 instead (measured): adaLN holds ~40 % of the nano DiT's parameters.
-MIXED_INT8 = ("patch_embed", "t_embed", "text_pool", "final_proj")
+#: The DQAT search's budget in benchmarks/fidelity.py (its "mixed DQAT per-step" plan).
+MIXED_MAX_AVG_BITS = 4.5
+#: Calibration seeds: fidelity.py and ``banana quantize`` use 64; 8 give the same kind of plan faster.
+CALIBRATION_SEEDS = range(1000, 1008)
 
 
-def build_models(root: Path) -> dict[str, Path]:
+def dqat_mixed_plan(net: Any, cal: Any, ranges: dict) -> dict:
+    """The mixed plan fidelity.py trains with DQAT: greedy search over INT4/INT8 weights, INT8 activations."""
+    from banana.compiler.quantize.api import act_elements
+    from banana.compiler.quantize.mixed import greedy_search, pick
+
+    res = greedy_search(net, cal, ranges, act_elements(net, cal), weights=("int4", "int8"), acts=("int8",))
+    return res.path[pick(res, max_avg_bits=MIXED_MAX_AVG_BITS)]
+
+
+def build_models(root: Path, model: str = "nano-dit") -> tuple[dict[str, Path], dict[str, Any]]:
+    """fp32 / W8A8 / DQAT-mixed ONNX files of ``model``, and facts about the mixed plan."""
     import torch
 
+    from banana.compiler.quantize.api import act_elements
     from banana.compiler.quantize.calibrate import calibrate
+    from banana.compiler.quantize.cost import layer_shapes, plan_size
     from banana.compiler.quantize.fakequant import LayerPrecision, QuantDenoiser, quantizable_layers
     from banana.compiler.quantize.qdq import export_qdq
     from banana.compiler.quantize.ranges import activation_ranges
     from banana.compiler.zoo import build_reference
 
     torch.set_num_threads(1)
-    nano = build_reference("nano-dit")
-    cal = calibrate(nano, steps=4, seeds=range(1000, 1008))
-    ranges = activation_ranges(cal, "mse")
-    layers = quantizable_layers(nano)
-    w8 = {n: LayerPrecision("int8", "int8", 0) for n in layers}
-    mixed = {n: LayerPrecision("int8", "int8", 0) if n.startswith(MIXED_INT8) else
-             LayerPrecision("int4", "int8", 32 if ".mlp." in n else 0) for n in layers}
-    paths = {"int8": export_qdq(QuantDenoiser(nano, w8, ranges, cal.timesteps), root / "w8a8.onnx", step=1,
+    net = build_reference(model)
+    cal = calibrate(net, steps=4, seeds=CALIBRATION_SEEDS)
+    ranges = activation_ranges(cal, "mse", per_step=True)
+    w8 = {n: LayerPrecision("int8", "int8", 0) for n in quantizable_layers(net)}
+    mixed = dqat_mixed_plan(net, cal, ranges)
+    paths = {"int8": export_qdq(QuantDenoiser(net, w8, ranges, cal.timesteps), root / f"{model}.w8a8.onnx", step=1,
                                 int4_as_int8=True)}
-    paths["mixed"] = export_qdq(QuantDenoiser(nano, mixed, ranges, cal.timesteps), root / "mixed.onnx", step=1,
-                                float_onnx=root / "w8a8.float.onnx")
-    paths["fp32"] = root / "w8a8.float.onnx"
-    return paths
+    paths["fp32"] = root / f"{model}.w8a8.float.onnx"
+    paths["mixed"] = export_qdq(QuantDenoiser(net, mixed, ranges, cal.timesteps), root / f"{model}.mixed.onnx",
+                                step=1, float_onnx=paths["fp32"])
+    size = plan_size(net, layer_shapes(net, act_elements(net, cal)), mixed)
+    info = {"avg_weight_bits": round(float(size["avg_weight_bits"]), 3),
+            "int8_layers": sum(1 for p in mixed.values() if p.weight == "int8"), "layers": len(mixed)}
+    return paths, info
 
 
-def _inputs() -> dict[str, np.ndarray]:
+def _inputs(model: str = "nano-dit") -> dict[str, np.ndarray]:
     from banana.compiler.zoo import example_inputs
 
-    return {k: np.ascontiguousarray(v) for k, v in example_inputs("nano-dit").items()}
+    return {k: np.ascontiguousarray(v) for k, v in example_inputs(model).items()}
 
 
 def banana_runner(path: Path, out: Path) -> tuple[Callable[[], None], dict]:
@@ -99,8 +123,37 @@ def ort_runner(path: Path) -> Callable[[], None]:
     return lambda: session.run(None, feed)
 
 
-def artifact_bytes(manifest: dict, weights_only: bool) -> int:
-    return sum(f["bytes"] for f in manifest["files"] if not weights_only or f["path"] == manifest["weights"]["file"])
+def artifact_bytes(manifest: dict) -> dict[str, int]:
+    """Bytes per kind of file: library, weights, shipped (the two: ``artifact.shipped_bytes``), all files."""
+    from banana.compiler.artifact import shipped_bytes
+
+    shipped = shipped_bytes(manifest)
+    return {"library": shipped["library"], "weights": shipped["weights"], "shipped": shipped["total"],
+            "all": sum(f["bytes"] for f in manifest["files"])}
+
+
+def size_table(root: Path, model: str) -> dict[str, Any]:
+    """Compile ``model``'s three plans for the host and measure their artifacts (no timing)."""
+    from banana.compiler.pipeline import compile_model
+
+    paths, info = build_models(root, model)
+    sizes: dict[str, Any] = {"mixed_plan": info}
+    for plan in ("fp32", "int8", "mixed"):
+        result = compile_model(paths[plan], backend="host", out=root / f"art-{model}-{plan}")
+        sizes[plan] = artifact_bytes(result.manifest)
+    return sizes
+
+
+def print_sizes(model: str, sizes: dict[str, Any]) -> None:
+    base = sizes["fp32"]
+    info = sizes["mixed_plan"]
+    print(f"{model}: shipped = library + weights; mixed = DQAT search, {info['avg_weight_bits']} avg weight bits, "
+          f"{info['int8_layers']}/{info['layers']} layers INT8")
+    for plan in ("fp32", "int8", "mixed"):
+        b = sizes[plan]
+        print(f"  {plan:<6} library {b['library'] / 1e6:7.3f} MB  weights {b['weights'] / 1e6:7.3f} MB "
+              f"({b['weights'] / base['weights']:.3f}x)  shipped {b['shipped'] / 1e6:7.3f} MB "
+              f"({b['shipped'] / base['shipped']:.3f}x)  all files {b['all'] / 1e6:7.3f} MB")
 
 
 def mac_share() -> float | None:
@@ -122,17 +175,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--budget-s", type=float, default=60.0)
     parser.add_argument("--no-mac-share", action="store_true", help="skip the arm64 disassembly (prints null)")
+    parser.add_argument("--size-models", default="nano-dit,small-dit",
+                        help="zoo models whose artifact sizes are measured (comma-separated; nano-dit always is)")
     args = parser.parse_args()
+    size_models = [m for m in args.size_models.split(",") if m and m != "nano-dit"]
     with tempfile.TemporaryDirectory(prefix="banana-quant-bench-") as tmp:
         root = Path(tmp)
-        models = build_models(root)
+        models, mixed_info = build_models(root, "nano-dit")
         engines, manifests = {}, {}
         for name in ("int8", "mixed", "fp32"):
             engines[f"banana_{name}"], manifests[name] = banana_runner(models[name], root / f"art-{name}")
         engines["ort_qdq"] = ort_runner(models["int8"])
         engines["ort_fp32"] = ort_runner(models["fp32"])
         ms = time_round_robin(engines, args.rounds, args.budget_s)
-    sizes = {name: (artifact_bytes(m, True), artifact_bytes(m, False)) for name, m in manifests.items()}
+        sizes = {"nano-dit": {"mixed_plan": mixed_info, **{k: artifact_bytes(m) for k, m in manifests.items()}}}
+        for model in size_models:
+            sizes[model] = size_table(root, model)
     print("nano DiT, host, medians of round-robin runs (shared 2-core host: noisy):")
     for name, value in ms.items():
         print(f"  {name:<13} {value:8.3f} ms")
@@ -141,21 +199,28 @@ def main() -> None:
               ms["banana_int8"] / ms["banana_fp32"], ms["banana_int8"] / ms["ort_qdq"],
               ms["banana_int8"] / ms["ort_fp32"], ms["banana_mixed"] / ms["banana_fp32"],
               ms["banana_fp32"] / ms["ort_fp32"]))
-    for name, (w, total) in sizes.items():
-        print(f"  {name:<6} weights {w / 1e6:.3f} MB ({w / sizes['fp32'][0]:.3f}x), artifact {total / 1e6:.3f} MB "
-              f"({total / sizes['fp32'][1]:.3f}x)")
+    for model, table in sizes.items():
+        print_sizes(model, table)
     share = None if args.no_mac_share else mac_share()
+
+    def ratio(model: str, plan: str, kind: str) -> float:
+        return round(sizes[model][plan][kind] / sizes[model]["fp32"][kind], 4)
+
     result = {
         "int8_over_fp32": round(ms["banana_int8"] / ms["banana_fp32"], 4),
         "int8_over_ort_qdq": round(ms["banana_int8"] / ms["ort_qdq"], 4),
         "arm64_dot_mac_share": share,
-        "size_ratio_int8": round(sizes["int8"][0] / sizes["fp32"][0], 4),
-        "size_ratio_mixed": round(sizes["mixed"][0] / sizes["fp32"][0], 4),
-        "size_ratio_int8_total": round(sizes["int8"][1] / sizes["fp32"][1], 4),
-        "size_ratio_mixed_total": round(sizes["mixed"][1] / sizes["fp32"][1], 4),
+        "size_ratio_int8": ratio("nano-dit", "int8", "shipped"),
+        "size_ratio_mixed": ratio("nano-dit", "mixed", "shipped"),
+        "size_ratio_int8_weights": ratio("nano-dit", "int8", "weights"),
+        "size_ratio_mixed_weights": ratio("nano-dit", "mixed", "weights"),
+        **{f"size_ratio_{plan}_{model.replace('-', '_')}": ratio(model, plan, "shipped")
+           for model in size_models for plan in ("int8", "mixed")},
+        "mixed_avg_weight_bits": mixed_info["avg_weight_bits"],
         "mixed_over_fp32": round(ms["banana_mixed"] / ms["banana_fp32"], 4),
         "int8_over_ort_fp32": round(ms["banana_int8"] / ms["ort_fp32"], 4),
         "latency_ms": {k: round(v, 4) for k, v in ms.items()},
+        "sizes": sizes,
     }
     print("RESULT " + json.dumps(result))
 

@@ -92,6 +92,19 @@ def finalize_manifest(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]
     return manifest
 
 
+def shipped_bytes(manifest: dict[str, Any]) -> dict[str, int]:
+    """Bytes of what an app ships and loads -- the compiled library and the weights file -- and their sum.
+
+    The manifest, reports and anything else in the directory are build metadata: an app build
+    turns the manifest into code, it does not load it. Size budgets (issue 5) count ``total``.
+    """
+    by_path = {f["path"]: int(f["bytes"]) for f in manifest["files"]}
+    library = manifest["entry"].get("library")
+    out = {"library": by_path[library] if library else 0, "weights": by_path[manifest["weights"]["file"]]}
+    out["total"] = out["library"] + out["weights"]
+    return out
+
+
 @dataclass(frozen=True)
 class Artifact:
     directory: Path

@@ -1,4 +1,8 @@
-"""The phone's ARM CPU: cross-compiled arm64 code, verified for real under qemu-aarch64."""
+"""The phone's ARM CPU: cross-compiled arm64 code, verified for real under qemu-aarch64.
+
+Built lean like the host (``-O2``, no per-kernel argument asserts, the VM checking every
+parameter, stripped with the cross binutils' ``strip``): see :mod:`banana.targets.backends.host`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ import numpy as np
 
 from banana.compiler.artifact import Artifact
 from banana.compiler.frontend.importer import ImportedModel
-from banana.compiler.lowering import compile_llvm
 from banana.targets.backends.base import BuildOutput
+from banana.targets.backends.host import compile_lean, lean_target, strip_library
 from banana.targets.soc import Soc, cpu_target
 
 LIBRARY = "model.so"
+#: ships with the cross g++ (Debian binutils-aarch64-linux-gnu)
+CROSS_STRIP = "aarch64-linux-gnu-strip"
 
 
 class CpuBackend:
@@ -22,14 +28,15 @@ class CpuBackend:
     description = "arm64 CPU cores (LLVM with the SoC's ISA features), verified under qemu-aarch64"
 
     def target(self, soc: Soc) -> dict[str, Any]:
-        return cpu_target(soc)
+        return lean_target(cpu_target(soc))
 
     def build(self, model: ImportedModel, soc: Soc, out_dir: Path) -> BuildOutput:
         from banana.targets.arm64 import export_arm64_library, qemu_cpu_for_features
 
         target = self.target(soc)
-        executable = compile_llvm(model.mod, target)
+        executable = compile_lean(model.mod, target)
         export_arm64_library(executable, out_dir / LIBRARY)
+        strip_library(out_dir / LIBRARY, CROSS_STRIP)
         return BuildOutput(
             target=target,
             library=LIBRARY,
