@@ -40,7 +40,11 @@ MAX_SERIAL_WORK = 1 << 20
 def _all_blocks(sch: s_tir.Schedule) -> list[s_tir.schedule.SBlockRV]:
     """Every block below the root, parents before children."""
     blocks: list[s_tir.schedule.SBlockRV] = []
-    stack = list(sch.get_child_blocks(sch.get_sblock("root")))
+    try:
+        root = sch.get_sblock("root")
+    except (ValueError, RuntimeError):  # hand-written TIR without blocks (the HVX GEMM kernels)
+        return blocks
+    stack = list(sch.get_child_blocks(root))
     while stack:
         block = stack.pop()
         blocks.append(block)
@@ -79,7 +83,7 @@ def estimate_work(sch: s_tir.Schedule) -> int | None:
     return max(flops, iterations)
 
 
-def _parallel_loops(sch: s_tir.Schedule) -> list[s_tir.schedule.LoopRV]:
+def parallel_loops(sch: s_tir.Schedule) -> list[s_tir.schedule.LoopRV]:
     found: dict[tirx.For, s_tir.schedule.LoopRV] = {}
     for block in _all_blocks(sch):
         for loop in sch.get_loops(block):
@@ -90,12 +94,16 @@ def _parallel_loops(sch: s_tir.Schedule) -> list[s_tir.schedule.LoopRV]:
 
 
 def serialize_if_small(func: tirx.PrimFunc, max_work: int) -> tirx.PrimFunc | None:
-    """``func`` with its parallel loops made serial, or None when it is left as it is."""
+    """``func`` with its parallel loops made serial, or None when it is left as it is (also when it
+    came from a tuning record: its schedule was measured as it is, and the default-schedule record
+    that competed with it was measured serial, see banana.tuning.baseline)."""
+    if func.attrs is not None and func.attrs.get("banana.tuned", False):
+        return None
     try:
         sch = s_tir.Schedule(func)
     except (ValueError, RuntimeError):  # tvm.error.InternalError is a RuntimeError
         return None  # not a schedulable (block-based) function
-    loops = _parallel_loops(sch)
+    loops = parallel_loops(sch)
     if not loops:
         return None
     work = estimate_work(sch)

@@ -100,7 +100,7 @@ def _compile_kernels(mod: IRModule, tgt: tvm.target.Target):
         with tgt:
             lowered = pipeline(tir_mod)
         host_mod, device_mods = split_host_device_mods(lowered)
-    except tvm.error.TVMError as err:
+    except (RuntimeError, ValueError) as err:  # TVM 0.27 raises these (tvm.error has no TVMError)
         raise ToolchainError(f"TVM TIR lowering for OpenCL failed: {str(err).splitlines()[-1]}") from err
     device_mods = {t: m for t, m in device_mods.items() if len(m.functions) > 0}
     if len(device_mods) != 1:

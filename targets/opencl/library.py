@@ -56,7 +56,7 @@ def build_adreno_library(mod: IRModule, target: dict, path: str | os.PathLike[st
         lowered = lower_for_opencl(mod, target)
     try:
         executable = tvm.compile(lowered, tgt, relax_pipeline=_finish_pipeline(tgt))
-    except tvm.error.TVMError as err:
+    except (RuntimeError, ValueError) as err:  # TVM 0.27 raises these (tvm.error has no TVMError)
         raise ToolchainError(f"tvm.compile for {tgt.kind.name}/adreno failed: {str(err).splitlines()[-1]}") from err
     kinds = [m.kind for m in executable.mod.imports for m in [m, *m.imports]]
     if "opencl" not in kinds:

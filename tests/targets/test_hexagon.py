@@ -178,6 +178,43 @@ def test_build_rejects_non_hexagon_target(tmp_path):
         build_hexagon(_mlp(), {"kind": "llvm"}, tmp_path)
 
 
+def _quantize_im2col() -> tirx.PrimFunc:
+    """A quantize fused with a 4x4-patch im2col, as the integer pass emits for the nano DiT's patch embed:
+    the im2col reads its 256-byte uint8 intermediate with a non-affine (gather) index."""
+    from tvm import te
+
+    x = te.placeholder((16, 16), "float32", name="x")
+    q = te.compute((16, 16), lambda i, j: te.max(te.min(te.round(x[i, j] * 50) + 128, 255.0), 0.0).astype("uint8"),
+                   name="q")
+    g = te.compute((16, 16), lambda i, j: q[i // 4 * 4 + j // 4, i % 4 * 4 + j % 4], name="im2col")
+    return te.create_prim_func([x, g])
+
+
+def test_hvx_schedule_keeps_8bit_table_gathers_scalar(tmp_path):
+    """TVM 0.27's Hexagon vector-lookup codegen emits invalid IR for a vectorized gather from a small 8-bit
+    buffer; schedule_hvx must vectorize the quantize but leave the gather scalar, so the function builds."""
+    from tvm import s_tir
+
+    from banana.targets.hexagon.qemu import build_kernel_object
+    from banana.targets.hexagon.schedule import lut_gathers, schedule_hvx
+
+    func = _quantize_im2col()
+    naive = s_tir.Schedule(func)  # what schedule_hvx did before: every block's spatial loops vectorized
+    for name in ("q", "im2col"):
+        fused = naive.fuse(*naive.get_loops(naive.get_sblock(name)))
+        naive.vectorize(naive.split(fused, factors=[None, 128])[1])
+    assert lut_gathers(naive.mod["main"]) == ["q"]
+    with pytest.raises(Exception, match="vshuffb"):
+        build_kernel_object(naive.mod["main"].with_attr("tirx.is_scheduled", True), "naive", hexagon_target(),
+                            tmp_path / "naive")
+
+    scheduled = schedule_hvx(func)
+    assert lut_gathers(scheduled) == []
+    assert "T.vectorized" in scheduled.script()  # the quantize itself still runs on HVX vectors
+    _, asm = build_kernel_object(scheduled, "fixed", hexagon_target(), tmp_path / "fixed")
+    assert hvx_instruction_stats(asm)["hvx_total"] > 0
+
+
 # ---------------------------------------------------------------- asm stats
 
 SNIPPET = """\
