@@ -24,6 +24,9 @@ from banana.tuning.database import META, TuningDatabase, database_dir
 
 logger = logging.getLogger(__name__)
 
+#: PrimFunc attribute of a kernel taken from a tuning record (its measured schedule, kept verbatim)
+TUNED_ATTR = "banana.tuned"
+
 _ACTIVE: contextvars.ContextVar[TuningApplied | None] = contextvars.ContextVar("banana_tuning", default=None)
 
 
@@ -86,6 +89,8 @@ def apply_active_records(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IR
     tuned = 0
     for name in names:
         is_tuned = bool(mod[name].attrs.get("tirx.is_scheduled", False))
+        if is_tuned:  # measured as it is: later rules (passes.small_kernels) must leave it alone
+            mod.update_func(mod.get_global_var(name), mod[name].with_attr(TUNED_ATTR, True))
         tuned += is_tuned
         # the same module lowered again (the report's analysis) lists a task once; tuned wins when the
         # two lowerings differ (an adreno/hexagon report analyses the CPU lowering, which no record matches)

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 META = "db.json"
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
+# the build's default schedule per task, measured like a trial (banana.tuning.baseline); kept apart so
+# the trial tables hold trials only (resume arithmetic, "no finished trial lost")
+DEFAULT_WORKLOADS = "default_workload.json"
+DEFAULT_RECORDS = "default_tuning_record.json"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "tuning_db.schema.json"
 
 
@@ -78,6 +82,9 @@ class TuningDatabase:
         self.meta = meta
         self.ms = ms.database.JSONDatabase(str(directory / WORKLOADS), str(directory / RECORDS),
                                            allow_missing=True, module_equality="structural")
+        self.defaults = ms.database.JSONDatabase(str(directory / DEFAULT_WORKLOADS),
+                                                 str(directory / DEFAULT_RECORDS),
+                                                 allow_missing=True, module_equality="structural")
 
     @classmethod
     def open(cls, root: Path | str, soc_id: str, backend: str, target: dict[str, Any] | None = None,
@@ -102,7 +109,7 @@ class TuningDatabase:
                     "created_utc": _now(), "sessions": []}
         else:
             raise BadConfigError(f"{meta_path}: no tuning database for SoC {soc_id}, backend {backend}")
-        for table in (WORKLOADS, RECORDS):
+        for table in (WORKLOADS, RECORDS, DEFAULT_WORKLOADS, DEFAULT_RECORDS):
             _trim_torn_line(directory / table)
         db = cls(directory, meta)
         if create:
@@ -132,6 +139,7 @@ class TuningDatabase:
 
         memory = ms.database.MemoryDatabase(module_equality="structural")
         self.ms.dump_pruned(memory)
+        self.defaults.dump_pruned(memory)  # a task's default schedule competes with its trials
         return memory
 
 

@@ -23,6 +23,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from banana.compiler.errors import BadConfigError
+from banana.tuning.baseline import BASELINE_BACKENDS, commit_baseline
 from banana.tuning.check import CandidateChecker, scheduled_module
 from banana.tuning.database import TuningDatabase
 from banana.tuning.runners import RunnerSpec, check_runner, make_runner, parse_runner
@@ -196,8 +197,12 @@ def tune_imported(
     builder: Any = None,
     ms_runner: Any = None,
     trials_per_iter: int = 16,
+    default_schedules: bool = True,
 ) -> TuneReport:
-    """Tune an imported model's tasks for ``target``; see :func:`tune_model`."""
+    """Tune an imported model's tasks for ``target``; see :func:`tune_model`.
+
+    ``default_schedules``: measure each task's default schedule too and let it compete with the
+    trials in builds (:mod:`banana.tuning.baseline`); off only to study the search on its own."""
     if backend not in TUNABLE_BACKENDS:
         raise BadConfigError(f"--backend {backend}: tuning supports {', '.join(TUNABLE_BACKENDS)} for now")
     if trials < 0:
@@ -238,6 +243,10 @@ def tune_imported(
             if remaining <= 0:
                 continue
             session.task = task
+            if default_schedules and backend in BASELINE_BACKENDS:  # the build's default schedule competes as a record
+                baseline_s = commit_baseline(db, task, tvm_target, builder, ms_runner)
+                if baseline_s is not None:
+                    session.best_s[task.name] = min(session.best_s.get(task.name, baseline_s), baseline_s)
             session.workload = db.ms.commit_workload(task.mod)
             (task_logger,) = _task_loggers(str(db.directory), task.name)
             context = ms.TuneContext(mod=task.mod, target=tvm_target, space_generator="post-order-apply",
@@ -334,6 +343,7 @@ def tune_model(
     seed: int = 0,
     on_progress: Callable[[TuneProgress], None] | None = None,
     trials_per_iter: int = 16,
+    default_schedules: bool = True,
 ) -> TuneReport:
     """Tune ``model`` (ONNX path or ``zoo:NAME``) for ``backend`` on ``soc`` with ``trials`` in total.
 
@@ -359,7 +369,8 @@ def tune_model(
         knob_trials = knob_budget(trials, len(distinct_specs(sites)))
     report = tune_imported(imported, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
                            trials=trials - knob_trials, runner=spec, db_root=db_root, seed=seed,
-                           on_progress=on_progress, trials_per_iter=trials_per_iter)
+                           on_progress=on_progress, trials_per_iter=trials_per_iter,
+                           default_schedules=default_schedules)
     if knob_trials:
         report.knobs = _tune_knobs(sites, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
                                    trials=knob_trials, spec=spec, db_root=db_root, seed=seed)
