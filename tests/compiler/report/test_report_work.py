@@ -28,7 +28,8 @@ def _module() -> tvm.IRModule:
 
 
 def test_fused_matmul_flops_and_bytes_are_analytic() -> None:
-    work = analyze_lowered(lower_for_analysis(_module(), host_target()))
+    # the stock lowering fuses matmul + bias + relu into one kernel (banana's GEMM kernel would take the matmul)
+    work = analyze_lowered(lower_for_analysis(_module(), host_target(), gemm_kernels=False))
     assert len(work.calls) == 1
     kernel = work.kernels[work.calls[0].kernel]
     # matmul: one mul + one add per MAC; bias add: 1 op per output; relu (max): 1 op per output
@@ -37,6 +38,17 @@ def test_fused_matmul_flops_and_bytes_are_analytic() -> None:
     assert kernel.bytes_written == 4 * M * N
     assert kernel.precision == "fp32"
     assert work.planned_activation_bytes is not None and work.planned_activation_bytes >= 0
+
+
+def test_gemm_kernel_path_counts_the_same_work() -> None:
+    """banana's GEMM kernel (explicit FMA intrinsics, bias in the kernel) + a relu kernel: the executed work.
+
+    The kernel's register tile is 6 rows: M = 8 runs two tiles (12 rows, the padded rows' results are
+    not stored), so executed FLOPs lie between the analytic count and 1.5x its matmul part."""
+    work = analyze_lowered(lower_for_analysis(_module(), host_target(), gemm_kernels=True))
+    assert any(k.startswith("f32_gemm") for k in work.kernels)
+    analytic = 2 * M * N * K + M * N + M * N
+    assert analytic <= work.total_flops <= analytic + M * N * K  # FMA lanes counted, no multiply counted twice
 
 
 def test_counts_scale_with_shape() -> None:
