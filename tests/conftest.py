@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,15 @@ def relocate_external_data(model_path: Path, location: str) -> None:
             if entry.key == "location":
                 entry.value = location
     onnx.save_model(model, str(model_path))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pocl_cache_dir(tmp_path_factory):
+    """Keep PoCL's kernel cache out of ~/.cache (read when PoCL first initialises; used in several folders)."""
+    old = os.environ.get("POCL_CACHE_DIR")
+    os.environ["POCL_CACHE_DIR"] = str(tmp_path_factory.mktemp("pocl-cache"))
+    yield
+    if old is None:
+        os.environ.pop("POCL_CACHE_DIR", None)
+    else:
+        os.environ["POCL_CACHE_DIR"] = old

@@ -16,7 +16,9 @@ from banana.compiler.quantize.calibrate import Calibration
 from banana.compiler.quantize.qdq import find_layer_nodes
 
 
-class _Reader:
+class CalibrationReader:
+    """onnxruntime's calibration reader over banana's calibration inputs (one sample per call)."""
+
     def __init__(self, cal: Calibration) -> None:
         self._items = [{k: v[j:j + 1] for k, v in step.items()}
                        for step in cal.inputs for j in range(len(step["timestep"]))]
@@ -36,7 +38,7 @@ def ort_quantize_static(float_onnx: Path, out: Path, cal: Calibration, weights: 
 
     nodes = find_layer_nodes(onnx.load(str(float_onnx)), weights)
     quantize_static(
-        str(float_onnx), str(out), _Reader(cal), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        str(float_onnx), str(out), CalibrationReader(cal), quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8 if weight_bits == 8 else QuantType.QInt4,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=sorted(n.name for n, _ in nodes.values()),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

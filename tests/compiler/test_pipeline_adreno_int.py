@@ -17,7 +17,6 @@ bound is verify's one 8-bit step of the output range.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -35,18 +34,6 @@ from banana.compiler.passes.integer_adreno import WO_VARIANTS, round_to_fp16_te
 from banana.compiler.passes.integer_stage import import_with_integer_regions, integer_stage
 from banana.compiler.verify import onnxruntime_outputs, random_inputs
 from banana.targets.opencl import adreno_target
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _pocl_cache_dir(tmp_path_factory):
-    """Keep PoCL's kernel cache out of ~/.cache."""
-    old = os.environ.get("POCL_CACHE_DIR")
-    os.environ["POCL_CACHE_DIR"] = str(tmp_path_factory.mktemp("pocl-cache"))
-    yield
-    if old is None:
-        os.environ.pop("POCL_CACHE_DIR", None)
-    else:
-        os.environ["POCL_CACHE_DIR"] = old
 
 
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:

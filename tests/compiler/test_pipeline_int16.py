@@ -32,6 +32,7 @@ from onnx import TensorProto
 from banana.compiler.errors import UnsupportedOpError
 from banana.compiler.passes.integer import IntegerLowering, LayerRecord
 from banana.compiler.passes.integer_stage import precision_label
+from banana.compiler.quantize.ort_baseline import CalibrationReader
 from tests.compiler.test_pipeline_integer import _check, nano  # noqa: F401  (module fixture)
 
 INT16_BLOCKS = ("blocks.1.", "blocks.3.")
@@ -50,20 +51,6 @@ def a16_plan(layers: list[str]) -> dict:
             plan[n] = LayerPrecision("int8", "int8", 0)
     return plan
 
-
-class _Reader:
-    """onnxruntime's calibration reader over banana's calibration inputs (one sample per call)."""
-
-    def __init__(self, cal) -> None:
-        self._items = [{k: v[j:j + 1] for k, v in step.items()}
-                       for step in cal.inputs for j in range(len(step["timestep"]))]
-        self._it = iter(self._items)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._items)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +73,8 @@ def int16_models(nano, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     weights = {n: nano.get_submodule(n).weight.detach().numpy() for n in layers}
     nodes = find_layer_nodes(onnx.load(str(float_onnx)), weights)
     quantize_static(
-        str(float_onnx), str(root / "ort16.onnx"), _Reader(cal), quant_format=QuantFormat.QDQ, per_channel=True,
+        str(float_onnx), str(root / "ort16.onnx"), CalibrationReader(cal), quant_format=QuantFormat.QDQ,
+        per_channel=True,
         activation_type=QuantType.QInt16, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
         nodes_to_quantize=sorted(n.name for n, _ in nodes.values()),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _pocl_cache_dir(tmp_path_factory):
-    """Keep PoCL's kernel cache out of ~/.cache (it is read when PoCL first initialises)."""
-    old = os.environ.get("POCL_CACHE_DIR")
-    os.environ["POCL_CACHE_DIR"] = str(tmp_path_factory.mktemp("pocl-cache"))
-    yield
-    if old is None:
-        os.environ.pop("POCL_CACHE_DIR", None)
-    else:
-        os.environ["POCL_CACHE_DIR"] = old
 
 
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
