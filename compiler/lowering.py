@@ -41,11 +41,21 @@ def llvm_pre_schedule_passes(target: tvm.target.Target, *,
     )
 
 
+def llvm_default_rules() -> list[Any]:
+    """The schedule rules for kernels without a tuning record, in order (the build and the tuner's
+    default-schedule records, banana.tuning.baseline, use this one list). Injective: the
+    elementwise/broadcast/transpose kernels the stock CPU rules leave serial."""
+    from tvm.s_tir import dlight
+
+    from banana.compiler.passes.cpu_default_schedule import Injective
+
+    return [dlight.cpu.GEMV(), dlight.cpu.Reduction(), Injective()]
+
+
 def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = GEMM_KERNELS) -> tvm.transform.Pass:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
 
-    from banana.compiler.passes.cpu_default_schedule import Injective
     from banana.compiler.passes.small_kernels import serialize_small_kernels
 
     @tvm.transform.module_pass(opt_level=0, name="banana.llvm_pipeline")
@@ -54,8 +64,7 @@ def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = GEMM_KERNEL
             passes = (
                 llvm_pre_schedule_passes(target, gemm_kernels=gemm_kernels)
                 + [_apply_tuning_records(target)]  # tuned tasks first; the rules below skip them
-                # Injective: the elementwise/broadcast/transpose kernels the stock CPU rules leave serial
-                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction(), Injective())]
+                + [dlight.ApplyDefaultSchedule(*llvm_default_rules())]
                 + [serialize_small_kernels()]  # kernels too small to repay a thread-pool fork/join
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)

@@ -25,27 +25,20 @@ BASELINE_BACKENDS = ("host", "cpu")
 
 def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> s_tir.Schedule:
     """What ``compiler.lowering.llvm_pipeline`` does to this PrimFunc without records, as a traced schedule."""
-    from tvm.s_tir import dlight
-
-    from banana.compiler.passes.cpu_default_schedule import Injective
-    from banana.compiler.passes.small_kernels import MAX_SERIAL_WORK, estimate_work, parallel_loops
+    from banana.compiler.lowering import llvm_default_rules
+    from banana.compiler.passes.small_kernels import MAX_SERIAL_WORK, serialized
 
     func = mod["main"]
     sch = s_tir.Schedule(mod)
     with target:
-        for rule in (dlight.cpu.GEMV(), dlight.cpu.Reduction(), Injective()):
+        for rule in llvm_default_rules():
             space = rule.apply(func, target, False)
             if isinstance(space, s_tir.Schedule):
                 sch = s_tir.Schedule(mod)
                 # replay on a schedule of the workload itself so the trace refers to its blocks
                 space.trace.apply_to_schedule(sch, remove_postproc=False)
                 break
-    loops = parallel_loops(sch)
-    work = estimate_work(sch) if loops else None
-    if loops and work is not None and work < MAX_SERIAL_WORK:
-        for loop in loops:
-            sch.fuse(loop)  # one-loop fuse: the same loop, serial (as passes.small_kernels does)
-    return sch
+    return serialized(sch, MAX_SERIAL_WORK) or sch
 
 
 def commit_baseline(db: Any, task: Any, target: tvm.target.Target, builder: Any, runner: Any) -> float | None:

@@ -103,19 +103,28 @@ def serialize_if_small(func: tirx.PrimFunc, max_work: int) -> tirx.PrimFunc | No
         sch = s_tir.Schedule(func)
     except (ValueError, RuntimeError):  # tvm.error.InternalError is a RuntimeError
         return None  # not a schedulable (block-based) function
+    serial = serialized(sch, max_work)
+    return None if serial is None else serial.mod["main"]
+
+
+def serialized(sch: s_tir.Schedule, max_work: int) -> s_tir.Schedule | None:
+    """A copy of ``sch`` (trace included) with its parallel loops made serial when its work is below
+    ``max_work``; None when there is nothing to do or a loop cannot be fused. Shared by this pass
+    and the tuner's default-schedule record (banana.tuning.baseline), so both serialise alike."""
     loops = parallel_loops(sch)
     if not loops:
         return None
     work = estimate_work(sch)
     if work is None or work >= max_work:
         return None
+    serial = sch.copy()
     try:
-        for loop in loops:
-            sch.fuse(loop)  # one-loop fuse: the same loop, serial
+        for loop in parallel_loops(serial):
+            serial.fuse(loop)  # one-loop fuse: the same loop, serial
     except (ValueError, RuntimeError) as exc:
-        logger.debug("kept %s parallel: %s", func.attrs.get("global_symbol") if func.attrs else "?", exc)
+        logger.debug("kept parallel: %s", exc)
         return None
-    return sch.mod["main"]
+    return serial
 
 
 def serialize_small_kernels(max_work: int = MAX_SERIAL_WORK) -> tvm.transform.Pass:
