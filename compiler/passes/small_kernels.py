@@ -11,7 +11,7 @@ one process on this busy host (load 6-8), ``nano-dit-random`` with banana's GEMM
 for everything below ~1 M of work.
 
 What: after scheduling, every PrimFunc whose estimated work (:func:`estimate_work`: TVM's FLOP
-count, or the iterations of its leaf blocks where that sees less) is below ``max_work`` has each
+count, or the iterations of its innermost statements where that sees less) is below ``max_work`` has each
 parallel loop turned into a serial one (``Schedule.fuse`` of the single loop: same iteration
 order, same code inside). Larger kernels keep their parallel loops. Kernels that are not
 block-based (no schedulable root block) or have symbolic extents are left as they are.
@@ -52,30 +52,44 @@ def _all_blocks(sch: s_tir.Schedule) -> list[s_tir.schedule.SBlockRV]:
     return blocks
 
 
-def _nest_iterations(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
-    """How often ``block`` runs: the product of every loop around it up to the root."""
-    count = 1
-    sref = sch.get_sref(block).parent
-    while sref is not None:
-        stmt = sref.stmt
-        if isinstance(stmt, tirx.For):
-            if not isinstance(stmt.extent, tirx.IntImm):
+def statement_iterations(stmt: tirx.Stmt) -> int | None:
+    """How many times the innermost statements of ``stmt`` run: the product of the loop extents
+    around each, summed (both branches of an ``if`` counted: an upper bound); None when an extent
+    is symbolic. Why not leaf blocks alone: banana's hand-written kernels (GEMM, attention) put
+    one opaque block per parallel task around plain loops, so counting blocks sees 24 "iterations"
+    in a 256x384x384 GEMM, and TVM's FLOP estimate cannot read their ``llvm.fmuladd`` vectors."""
+    if isinstance(stmt, tirx.For):
+        if not isinstance(stmt.extent, tirx.IntImm):
+            return None
+        inner = statement_iterations(stmt.body)
+        return None if inner is None else int(stmt.extent.value) * inner
+    if isinstance(stmt, tirx.SeqStmt):
+        total = 0
+        for child in stmt.seq:
+            count = statement_iterations(child)
+            if count is None:
                 return None
-            count *= int(stmt.extent.value)
-        sref = sref.parent
-    return count
+            total += count
+        return total
+    if isinstance(stmt, tirx.IfThenElse):
+        counts = [statement_iterations(case) for case in (stmt.then_case, stmt.else_case) if case is not None]
+        return None if None in counts else sum(c for c in counts if c is not None)
+    block = getattr(stmt, "block", None)  # a block realize: its block (and the block's body)
+    if isinstance(block, tirx.Stmt):
+        return statement_iterations(block)
+    body = getattr(stmt, "body", None)
+    if isinstance(body, tirx.Stmt):  # blocks, attributes, lets, buffer declarations
+        return statement_iterations(body)
+    return 1
 
 
 def estimate_work(sch: s_tir.Schedule) -> int | None:
-    """A kernel's work: TVM's FLOP estimate, or where that fails or sees none (copies, vectorised
-    bodies it cannot read), the iterations of its leaf blocks; None when a loop extent is symbolic."""
-    iterations = 0
-    for block in _all_blocks(sch):
-        if not list(sch.get_child_blocks(block)):
-            count = _nest_iterations(sch, block)
-            if count is None:
-                return None
-            iterations += count
+    """A kernel's work: TVM's FLOP estimate, or where that fails or sees less (copies, vectorised
+    bodies it cannot read), the iterations of its innermost statements; None when a loop extent is
+    symbolic."""
+    iterations = statement_iterations(sch.mod["main"].body)
+    if iterations is None:
+        return None
     try:
         flops = int(estimate_tir_flops(sch.mod))
     except (ValueError, RuntimeError):  # tvm.error.InternalError is a RuntimeError
