@@ -40,6 +40,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         on_stage=_stage_printer,
         tuning_db=args.tuning_db,
         allow_float_fallback=args.allow_float_fallback,
+        kernel_variant=args.kernel_variant,
     )
     manifest = result.manifest
     total = sum(f["bytes"] for f in manifest["files"])
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-float-fallback", action="store_true",
                    help="QDQ models: run quantized layers the backend cannot run in integer arithmetic in float "
                         "(listed in the manifest) instead of failing")
+    p.add_argument("--kernel-variant", metavar="NAME",
+                   help="adreno QDQ models: weight-only kernel variant fp32 (default; verifiable on PoCL), "
+                        "fp16 or fp16-acc32 (half activations; need a device with cl_khr_fp16)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("tune", help="autotune a model's tasks (MetaSchedule) into a tuning database")

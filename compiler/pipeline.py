@@ -189,6 +189,7 @@ def compile_model(
     fuse: bool = True,
     allow_float_fallback: bool = False,
     integer_taps: bool = False,
+    kernel_variant: str | None = None,
 ) -> CompileResult:
     """Run the pipeline; ``out`` appears only if every stage (and verification, if asked) passes.
 
@@ -204,6 +205,8 @@ def compile_model(
     that cannot is an error naming it unless ``allow_float_fallback`` (then listed in the
     manifest). ``integer_taps``: ``main`` also returns every layer's integer tensors (for the
     bit-exact check against banana.compiler.quantize.integer_reference; not for shipping).
+    ``kernel_variant``: the backend's quantized-kernel variant (adreno: ``fp32`` accumulation, the
+    default and the one PoCL can verify, ``fp16`` or ``fp16-acc32``); other backends have none.
     """
     from banana.tuning.apply import apply_tuning_database
 
@@ -216,7 +219,8 @@ def compile_model(
         from banana.compiler.passes.integer_stage import import_with_integer_regions
 
         imported, integer_plan = import_with_integer_regions(path, shapes, backend,
-                                                             allow_float_fallback=allow_float_fallback)
+                                                             allow_float_fallback=allow_float_fallback,
+                                                             variant=kernel_variant)
     with timer.stage("fuse"):
         from banana.compiler.passes.stage import fuse_stage
 

@@ -327,3 +327,26 @@ def test_nano_dit_on_pocl_matches_onnxruntime(nano_qdq, tmp_path: Path, plan: st
     else:
         assert report.rtol < 1e-2  # verify's one 8-bit step of the output range, not the loose QDQ default
         assert all("fake-quant" in r["reason"] for r in layers)
+
+
+def test_cli_kernel_variant_is_built_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from banana.compiler.cli import main
+
+    model = tiny_qdq(tmp_path / "tiny.onnx")
+    out = tmp_path / "art"
+    assert main(["compile", str(model), "--backend", "adreno", "--soc", "SM8650", "--kernel-variant", "fp16-acc32",
+                 "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["build"]["wo_gemm_adreno"]["variant"] == "fp16-acc32"
+    assert {r["kernel"] for r in manifest["integer"]["layers"]} == {"wo_gemm_adreno.int8.fp16-acc32",
+                                                                    "wo_gemm_adreno.int4.fp16-acc32"}
+    capsys.readouterr()
+    for argv, needle in ((["--backend", "adreno", "--soc", "SM8650", "--kernel-variant", "fp8"], "fp8"),
+                         (["--backend", "host", "--kernel-variant", "fp16"], "only the adreno backend")):
+        bad = tmp_path / f"bad-{argv[1]}"
+        assert main(["compile", str(model), *argv, "-o", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("banana: error:") and needle in err[0], err
+        assert not bad.exists()
