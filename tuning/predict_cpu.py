@@ -5,16 +5,22 @@ of one task is how their loops map onto a core, so the model reads the scheduled
 LLVM will see it. Per store statement:
 
 - which loops are unrolled (``pragma_auto_unroll_max_step``: a loop whose nest below holds at most
-  that many steps is flattened), which one is LLVM's hot loop (innermost loop left), and how
-  many lanes each access uses: an explicitly vectorized loop, or LLVM's own loop vectorizer on a
-  hot spatial loop, or its SLP vectorizer on an unrolled one, when the accesses along it are all
-  contiguous or invariant;
+  that many steps is flattened; then LLVM's own full unrolling of small constant-trip loops),
+  which one is LLVM's hot loop (innermost loop left), and how many lanes each access uses: an
+  explicitly vectorized loop, or LLVM's own loop vectorizer on a hot spatial loop, or its SLP
+  vectorizer on an unrolled one, when the accesses along it are all contiguous or invariant;
 - per access: contiguous vector load, broadcast, or gather (one scalar load per lane); accesses
-  invariant along the hot loop and the straight-line code inside it stay in registers;
+  (and whole statements) invariant along the hot loop and the straight-line code inside it are
+  hoisted (LICM); in straight-line code a value is loaded once (GVN) and an accumulator is
+  forwarded in a register, except along loops LLVM unrolls itself when the accumulator is a
+  buffer LLVM cannot tell apart from the others (see :func:`register_buffers`);
+- arithmetic as LLVM emits it: index expressions are addressing, not work, and a multiply
+  feeding an add is one fused multiply-add;
 - throughput: loads, stores, arithmetic and loop overhead against the core's ports;
-- latency: a reduction whose accumulator stays in a register along the hot loop is one
-  dependent FMA chain per accumulator (only the unrolled/vectorized spatial loops inside the hot
-  loop give independent accumulators);
+- latency: fp adds are not reassociated, so a reduction is one dependent chain per accumulator:
+  FMA_LATENCY per update in a register, plus STORE_FORWARD_LATENCY when the accumulator goes
+  through memory; only independent accumulators overlap, as many as the out-of-order window
+  (WINDOW_UOPS) holds in loop order;
 - memory: distinct bytes after reuse in L1, at L2 bandwidth, or DRAM bandwidth past the LLC;
 - parallel loops divide the work over ``cores`` (with the load imbalance of a static split)
   and cost a fork/join per entry.
@@ -42,6 +48,9 @@ LOAD_PORTS = 2  # assumption: loads per cycle per core
 VECTOR_PORTS = 2  # assumption: FP/SIMD arithmetic per cycle per core
 STORE_PORTS = 1  # assumption: stores per cycle per core
 FMA_LATENCY = 4  # assumption: cycles of a dependent FP multiply-add (3-4 on these cores)
+STORE_FORWARD_LATENCY = 5  # assumption: cycles from a store to a load of the same address (4-5 on these cores)
+WINDOW_UOPS = 224  # assumption: out-of-order window (reorder buffer) in micro-ops (Zen2/3: 224-256, Cortex-X: ~300)
+LLVM_FULL_UNROLL_SIZE = 300  # LLVM's full-unroll threshold at -O3 (-unroll-threshold), in IR instructions
 LOOP_OVERHEAD = 1.0  # assumption: instructions per iteration of a loop LLVM keeps (inc+cmp+branch fused)
 PARALLEL_REGION_S = 5e-6  # assumption: fork/join of TVM's thread pool per parallel loop entry
 CALL_S = 0.3e-6  # assumption: one packed-function call
@@ -143,6 +152,7 @@ class LoopNestWalker:
     def __init__(self) -> None:
         self.bindings: dict[Any, Any] = {}  # block iter var -> its binding expression (in loop vars)
         self.deps: dict[Any, set[Any]] = {}  # block iter var -> loop vars it depends on
+        self.register_buffers: set[Any] = set()  # see register_buffers()
 
     def _vars_of(self, expr: Any) -> set[Any]:
         found: set[Any] = set()
@@ -180,20 +190,40 @@ class LoopNestWalker:
         elif hasattr(stmt, "body"):
             self.visit(stmt.body, loops, unroll)
 
-    def accesses(self, store: Any) -> tuple[list[Access], int, int]:
-        """The store's accesses (loads first), its arithmetic op count and its call count."""
+    def accesses(self, store: Any, *, as_compiled: bool = False) -> tuple[list[Access], int, int]:
+        """The store's accesses (loads first), its arithmetic op count and its call count.
+
+        ``as_compiled=True`` counts the arithmetic instructions LLVM emits for a CPU: the loads'
+        index expressions are address computation (strength-reduced along the loops and folded
+        into addressing modes, not work per element; a GPU work-item does compute its own
+        indices), and a float multiply feeding an add or subtract is one fused multiply-add
+        (TVM's LLVM code generator allows contraction: ``llvm.fmuladd``).
+        """
         loads: list[Any] = []
-        counts = {"arith": 0, "calls": 0}
+        counts = {"arith": 0, "calls": 0, "index": 0, "fused": 0}
 
         def on_arith(_: Any) -> None:
             counts["arith"] += 1
 
+        def on_index_arith(_: Any) -> None:
+            counts["index"] += 1
+
         def on_call(_: Any) -> None:
             counts["calls"] += 1
+
+        def on_add(node: Any) -> None:
+            if "float" in str(node.ty.dtype) and (isinstance(node.a, tirx.Mul) or isinstance(node.b, tirx.Mul)):
+                counts["fused"] += 1
 
         tvm_ffi.structural_walk(store.value, [(tvm.ir.TensorLoad, loads.append)], order="pre")
         tvm_ffi.structural_walk(store.value, [(kind, on_arith) for kind in ARITH], order="pre")
         tvm_ffi.structural_walk(store.value, [(tvm.ir.Call, on_call)], order="pre")
+        if as_compiled:
+            for load in loads:
+                for index in load.indices:
+                    tvm_ffi.structural_walk(index, [(kind, on_index_arith) for kind in ARITH], order="pre")
+            tvm_ffi.structural_walk(store.value, [(tirx.Add, on_add), (tirx.Sub, on_add)], order="pre")
+            counts["arith"] = max(0, counts["arith"] - counts["index"] - counts["fused"])
         out = [Access(ld.source, _flat_index(ld.source, ld.indices), self._vars_of(ld.indices),
                       dtype_bytes(ld.source.dtype)) for ld in loads]
         out.append(Access(store.buffer, _flat_index(store.buffer, store.indices), self._vars_of(store.indices),
@@ -232,23 +262,30 @@ class StoreShape:
 def store_shape(walker: LoopNestWalker, store: Any, loops: list[Loop], lanes: int, cores: int,
                 l1_bytes: int = L1_BYTES) -> StoreShape:
     """The :class:`StoreShape` of ``store`` under ``loops`` for ``lanes``-wide vectors on ``cores``."""
-    accesses, arith, calls = walker.accesses(store)
+    accesses, arith, calls = walker.accesses(store, as_compiled=True)
     n = len(loops)
     extents = [lp.extent for lp in loops]
     iters = float(math.prod(extents)) if loops else 1.0
-    # unrolled: a loop whose nest below (vector loops count once) has at most its max-step steps
+    # unrolled: by TVM, a loop whose nest below (vector loops count once) has at most its max-step
+    # steps; then by LLVM's own full unrolling, the innermost loops left (constant trip counts all)
+    # while the unrolled body stays under LLVM_FULL_UNROLL_SIZE instructions
     unrolled = [False] * n
+    by_llvm = [False] * n
     steps = 1
+    body = len(accesses) + arith + 8 * calls + 1  # instructions per step (+1: address/induction)
+    by_tvm = True
     for j in range(n - 1, -1, -1):
         lp = loops[j]
         if lp.kind == tirx.ForKind.VECTORIZED:
             continue
-        if lp.kind in (tirx.ForKind.PARALLEL, tirx.ForKind.THREAD_BINDING) or lp.unroll_max_step <= 0:
+        if lp.kind in (tirx.ForKind.PARALLEL, tirx.ForKind.THREAD_BINDING):
             break
-        if steps * lp.extent > lp.unroll_max_step:
+        by_tvm = by_tvm and 0 < lp.unroll_max_step and steps * lp.extent <= lp.unroll_max_step
+        if not by_tvm and steps * lp.extent * body > LLVM_FULL_UNROLL_SIZE:
             break
         steps *= lp.extent
         unrolled[j] = True
+        by_llvm[j] = not by_tvm
     kept = [j for j in range(n) if not unrolled[j] and loops[j].kind != tirx.ForKind.VECTORIZED
             and loops[j].extent > 1]
     hot = kept[-1] if kept else None
@@ -270,27 +307,78 @@ def store_shape(walker: LoopNestWalker, store: Any, loops: list[Loop], lanes: in
     width = 1
     if vec is not None:
         width = min(loops[vec].extent, lanes)
-    vector_ops = iters / width
-    # per access: instructions, after hoisting what is invariant along the hot loop and inside it
+    # Executions after LLVM's redundancy removal, per access and for the statement's arithmetic:
+    # - fully unrolled loops are straight-line code, where GVN/EarlyCSE load a value once and
+    #   store-to-load forwarding keeps an accumulator in a register: an access repeats only along
+    #   the unrolled loops its index depends on (an unrolled reduction loads and stores its
+    #   accumulator once, not once per step; but see ``in_registers`` below);
+    # - an access invariant along the hot loop and everything inside it, or a whole statement
+    #   invariant along the hot loop (straight-line code inside), is hoisted out of the hot loop by
+    #   LICM (loads and arithmetic; stores by scalar promotion);
+    # - the vectorized loop: one vector per ``width`` lanes when contiguous, one scalar per lane
+    #   for a gather, one broadcast when invariant.
     inner = list(range(hot, n)) if hot is not None else list(range(n))
+    statement_deps = set().union(*(a.deps for a in accesses))
+    # a statement invariant along the hot loop is straight-line code there: hoisted as a whole
+    statement_hoisted = hot is not None and loops[hot].var not in statement_deps
+
+    def executions(deps: set[Any], access: Access | None, forwarded: bool = True) -> float:
+        hoisted = statement_hoisted or (bool(inner) and all(loops[j].var not in deps for j in inner))
+        count = 1.0
+        for j, lp in enumerate(loops):
+            if lp.extent <= 1:
+                continue
+            dep = lp.var in deps
+            if j == vec:
+                if access is None:
+                    count *= math.ceil(lp.extent / width)
+                elif dep:
+                    stride = walker.stride(access, lp.var)
+                    count *= math.ceil(lp.extent / width) if stride in (0, 1) else lp.extent
+            elif unrolled[j] or lp.kind == tirx.ForKind.VECTORIZED:
+                count *= lp.extent if dep or (by_llvm[j] and not forwarded) else 1
+            elif not (hoisted and j >= hot):
+                count *= lp.extent
+        return count
+
+    # the accumulator (the stored buffer, and its loads) along a loop LLVM unrolls itself stays in
+    # registers only when it is a small function-local buffer (see register_buffers): that unrolling
+    # runs after LLVM's early store-to-load forwarding, so another buffer is loaded and stored at
+    # every update (code TVM unrolled is straight-line from the start: forwarded)
+    in_registers = any(store_access.buffer.same_as(b) for b in walker.register_buffers)
     loads = stores = 0.0
     for access in accesses:
-        stride = walker.stride(access, loops[vec].var) if vec is not None else None
-        count = iters / width if stride in (0, 1) or stride is None else iters
-        if inner and all(loops[j].var not in access.deps for j in inner):
-            count /= math.prod(loops[j].extent for j in inner)  # kept in a register along the hot loop
+        mine = in_registers or not access.buffer.same_as(store_access.buffer)
         if access.is_store:
-            stores += count
+            stores += executions(access.deps, access, mine)
         else:
-            loads += count
+            loads += executions(access.deps, access, mine)
+    vector_ops = executions(statement_deps, None)
     arith_ops = (arith + 8 * calls) * vector_ops
     loop_iters = float(math.prod(loops[j].extent for j in kept)) if kept else 1.0
-    # reduction chains: accumulator invariant along the hot loop = one dependent chain per accumulator
+    # reduction chains: every update of an accumulator (a store address) waits for the previous one
+    # (LLVM does not reassociate fp adds: no fast-math), FMA_LATENCY in a register, plus
+    # STORE_FORWARD_LATENCY through memory (a loop LLVM keeps between updates, or an accumulator it
+    # cannot forward, see above). Only independent accumulators overlap, and only those the
+    # out-of-order window holds at once: walking the loops from the innermost out, the distinct
+    # store addresses among the next WINDOW_UOPS worth of statement executions.
     chain = 0.0
-    if hot is not None and loops[hot].var not in store_access.deps:
-        # each hot-loop iteration waits for the previous one's multiply-add: FMA_LATENCY cycles at least
-        # (the independent accumulators unrolled/vectorized inside share that wait; throughput is above)
-        chain = loop_iters * FMA_LATENCY
+    reductions = [j for j in range(n) if loops[j].extent > 1 and loops[j].kind != tirx.ForKind.VECTORIZED
+                  and j != vec and loops[j].var in statement_deps and loops[j].var not in store_access.deps]
+    if reductions:
+        r = reductions[-1]
+        memory = (r in kept and r != hot) or (by_llvm[r] and not in_registers)
+        latency = FMA_LATENCY + (STORE_FORWARD_LATENCY if memory else 0)
+        window = WINDOW_UOPS / max(1.0, (loads + stores + arith_ops) / max(vector_ops, 1.0))
+        independent = seen = 1.0
+        for j in range(n - 1, -1, -1):
+            if loops[j].extent <= 1 or seen >= window:
+                continue
+            count = math.ceil(loops[j].extent / width) if j == vec else loops[j].extent
+            if loops[j].var in store_access.deps:
+                independent *= min(count, max(1.0, window / seen))
+            seen *= count
+        chain = vector_ops * latency / independent
     par_loops = [j for j in range(n) if loops[j].kind == tirx.ForKind.PARALLEL]
     par = math.prod(loops[j].extent for j in par_loops) if par_loops else 1
     speedup = par / math.ceil(par / cores) if par > 1 else 1.0
@@ -332,10 +420,58 @@ class CpuWalker(LoopNestWalker):
         self.seconds += max(compute_s, s.footprint_traffic_bytes / bandwidth) + s.parallel_entries * PARALLEL_REGION_S
 
 
+STACK_ALLOCA_BYTES = 1024  # TVM's lowering puts a constant CPU allocation below this on the stack (kMaxStackAlloca)
+
+
+class _AccessSites(LoopNestWalker):
+    """Every statement's loop stack and accesses, and the buffers the function allocates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: list[tuple[list[Loop], list[Access]]] = []
+        self.allocated: list[Any] = []
+
+    def visit(self, stmt: Any, loops: list[Loop], unroll: int = 0) -> None:
+        if isinstance(stmt, s_tir.SBlock):
+            self.allocated.extend(stmt.alloc_buffers)
+        elif isinstance(stmt, tirx.AllocBuffer):  # an allocation outside blocks (lowered or hand-written TIR)
+            self.allocated.append(stmt.buffer)
+        super().visit(stmt, loops, unroll)
+
+    def store(self, store: Any, loops: list[Loop]) -> None:
+        self.sites.append((loops, self.accesses(store)[0]))
+
+
+def register_buffers(func: tirx.PrimFunc) -> set[Any]:
+    """The function's own buffers LLVM can keep in registers: allocated where all their accesses
+    meet (TVM moves an allocation down to the lowest common loop of its accesses and compacts it
+    to the region accessed below) and then under :data:`STACK_ALLOCA_BYTES`, so TVM gives them a
+    stack ``alloca`` LLVM knows aliases nothing. A parameter, or a larger buffer from TVM's
+    workspace allocator, is a pointer LLVM cannot tell from the others: its stores and loads stay."""
+    sites = _AccessSites()
+    sites.visit(func.body, [])
+    out: set[Any] = set()
+    for buffer in sites.allocated:
+        mine = [(loops, a) for loops, accesses in sites.sites for a in accesses if a.buffer.same_as(buffer)]
+        if not mine:
+            continue
+        common = 0
+        first = mine[0][0]
+        while common < len(first) and all(len(lp) > common and lp[common].var.same_as(first[common].var)
+                                           for lp, _ in mine):
+            common += 1
+        elements = max(math.prod(lp.extent for lp in loops[common:] if lp.var in access.deps)
+                       for loops, access in mine)
+        if elements * dtype_bytes(buffer.dtype) < STACK_ALLOCA_BYTES:
+            out.add(buffer)
+    return out
+
+
 def predict_cpu_seconds(mod: tvm.IRModule, machine: CoreModel) -> float:
     """Predicted run time of a scheduled single-PrimFunc module on ``machine``'s CPU cores."""
     walker = CpuWalker(machine)
     for _, func in mod.functions.items():
         if isinstance(func, tirx.PrimFunc):
+            walker.register_buffers = register_buffers(func)
             walker.visit(func.body, [])
     return walker.seconds
