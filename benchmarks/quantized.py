@@ -1,7 +1,7 @@
 """banana int8 vs banana fp32 vs onnxruntime (same QDQ model) vs onnxruntime fp32 on this host, side by side.
 
     .venv/bin/python benchmarks/quantized.py [--rounds 50] [--budget-s 60] [--no-mac-share]
-                                             [--size-models nano-dit,small-dit]
+                                             [--size-models nano-dit,small-dit] [--sizes-only]
 
 Models: a zoo DiT's float export, its W8A8 QDQ graph and the DQAT search's mixed INT4/INT8 plan
 (:func:`dqat_mixed_plan`: ``greedy_search`` over INT4/INT8 weights with INT8 activations, the most
@@ -23,6 +23,9 @@ DiT; ``*_weights``: the weights files alone; ``sizes``: every model's bytes per 
 
 ``arm64_dot_mac_share`` comes from ``benchmarks/int8_mac_share.py`` (the arm64 kernel's
 disassembly: share of the int8 GEMM hot-loop MACs issued by sdot/smmla); null if that is absent.
+
+``--sizes-only``: no engine is timed and no disassembly read (latency and mac-share fields are
+null); the artifacts are the same builds.
 
 Ends with ``RESULT {"int8_over_fp32", "int8_over_ort_qdq", "arm64_dot_mac_share", "size_ratio_int8",
 "size_ratio_mixed", ...}`` (ratios of latency or bytes, banana first).
@@ -168,6 +171,34 @@ def mac_share() -> float | None:
     return float(module.dot_mac_share())
 
 
+def size_ratios(sizes: dict[str, Any], size_models: list[str]) -> dict[str, Any]:
+    """The RESULT line's byte ratios (shipped and weights-only, nano DiT; shipped for the others)."""
+
+    def ratio(model: str, plan: str, kind: str) -> float:
+        return round(sizes[model][plan][kind] / sizes[model]["fp32"][kind], 4)
+
+    return {
+        "size_ratio_int8": ratio("nano-dit", "int8", "shipped"),
+        "size_ratio_mixed": ratio("nano-dit", "mixed", "shipped"),
+        "size_ratio_int8_weights": ratio("nano-dit", "int8", "weights"),
+        "size_ratio_mixed_weights": ratio("nano-dit", "mixed", "weights"),
+        **{f"size_ratio_{plan}_{model.replace('-', '_')}": ratio(model, plan, "shipped")
+           for model in size_models for plan in ("int8", "mixed")},
+    }
+
+
+def sizes_only(size_models: list[str]) -> None:
+    """``--sizes-only``: every model's three builds measured, nothing timed."""
+    with tempfile.TemporaryDirectory(prefix="banana-quant-bench-") as tmp:
+        sizes = {model: size_table(Path(tmp), model) for model in ["nano-dit", *size_models]}
+    for model, table in sizes.items():
+        print_sizes(model, table)
+    result = {"int8_over_fp32": None, "int8_over_ort_qdq": None, "arm64_dot_mac_share": None,
+              **size_ratios(sizes, size_models),
+              "mixed_avg_weight_bits": sizes["nano-dit"]["mixed_plan"]["avg_weight_bits"], "sizes": sizes}
+    print("RESULT " + json.dumps(result))
+
+
 def main() -> None:
     from host import time_round_robin  # benchmarks/host.py: the same side-by-side timing loop
 
@@ -177,8 +208,12 @@ def main() -> None:
     parser.add_argument("--no-mac-share", action="store_true", help="skip the arm64 disassembly (prints null)")
     parser.add_argument("--size-models", default="nano-dit,small-dit",
                         help="zoo models whose artifact sizes are measured (comma-separated; nano-dit always is)")
+    parser.add_argument("--sizes-only", action="store_true", help="artifact sizes only: no timing, no mac share")
     args = parser.parse_args()
     size_models = [m for m in args.size_models.split(",") if m and m != "nano-dit"]
+    if args.sizes_only:
+        sizes_only(size_models)
+        return
     with tempfile.TemporaryDirectory(prefix="banana-quant-bench-") as tmp:
         root = Path(tmp)
         models, mixed_info = build_models(root, "nano-dit")
@@ -203,19 +238,11 @@ def main() -> None:
         print_sizes(model, table)
     share = None if args.no_mac_share else mac_share()
 
-    def ratio(model: str, plan: str, kind: str) -> float:
-        return round(sizes[model][plan][kind] / sizes[model]["fp32"][kind], 4)
-
     result = {
         "int8_over_fp32": round(ms["banana_int8"] / ms["banana_fp32"], 4),
         "int8_over_ort_qdq": round(ms["banana_int8"] / ms["ort_qdq"], 4),
         "arm64_dot_mac_share": share,
-        "size_ratio_int8": ratio("nano-dit", "int8", "shipped"),
-        "size_ratio_mixed": ratio("nano-dit", "mixed", "shipped"),
-        "size_ratio_int8_weights": ratio("nano-dit", "int8", "weights"),
-        "size_ratio_mixed_weights": ratio("nano-dit", "mixed", "weights"),
-        **{f"size_ratio_{plan}_{model.replace('-', '_')}": ratio(model, plan, "shipped")
-           for model in size_models for plan in ("int8", "mixed")},
+        **size_ratios(sizes, size_models),
         "mixed_avg_weight_bits": mixed_info["avg_weight_bits"],
         "mixed_over_fp32": round(ms["banana_mixed"] / ms["banana_fp32"], 4),
         "int8_over_ort_fp32": round(ms["banana_int8"] / ms["ort_fp32"], 4),

@@ -56,7 +56,9 @@ def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = GEMM_KERNEL
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
 
+    from banana.compiler.passes.dedupe_kernels import dedupe_kernels_pass
     from banana.compiler.passes.small_kernels import serialize_small_kernels
+    from banana.compiler.passes.vm_error_context import short_error_context_pass
 
     @tvm.transform.module_pass(opt_level=0, name="banana.llvm_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -66,8 +68,10 @@ def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = GEMM_KERNEL
                 + [_apply_tuning_records(target)]  # tuned tasks first; the rules below skip them
                 + [dlight.ApplyDefaultSchedule(*llvm_default_rules())]
                 + [serialize_small_kernels()]  # kernels too small to repay a thread-pool fork/join
+                + [dedupe_kernels_pass()]  # one copy of structurally equal kernels (library size)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
+                + [short_error_context_pass()]  # after VMShapeLower: ~100 B less per checked parameter
             )
             return tvm.transform.Sequential(passes)(mod)
 

@@ -15,7 +15,8 @@ replaces each placeholder by what :mod:`banana.compiler.quantize.integer_referen
                     dequantizes int8/int4 weights in the inner loop (float accumulation)
 
 Weights become int8 (or int4 packed two per byte) parameters with their per-channel constants
-(``corr``/``cb`` int32, ``scale``/``mult`` float32) beside them in the weights file, so the
+(``corr``/``cb`` int32, ``scale``/``mult`` float32, the output zero point) packed into one int32
+parameter ``epi`` per layer (:class:`EpilogueLayout`) beside them in the weights file, so the
 artifact holds no float copy of a quantized weight. Every other ``R.quantize`` in the graph gets
 the same ONNX-exact rounding. ``taps=True`` makes ``main`` also return every region's integer
 tensors (A, acc, requantized output) so verification can compare them bit for bit.
@@ -82,7 +83,7 @@ class IntegerLowering:
     weights: list[np.ndarray]
     layers: list[LayerRecord] = field(default_factory=list)
     taps: list[TapSpec] = field(default_factory=list)
-    constants: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # region -> stored params
+    constants: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # region -> its weights-file params
 
     def to_json(self) -> dict[str, Any]:
         fallbacks = [r.name for r in self.layers if r.epilogue == "float-fallback"]
@@ -91,12 +92,23 @@ class IntegerLowering:
 
 # -- TE pieces (arithmetic identical to integer_reference) ------------------------------------------------
 
-def _quantize_te(x: te.Tensor, scale: float, zp: int, dtype: str) -> te.Tensor:
+def quantize_params(scale: float, zp: int) -> relax.Constant:
+    """A per-tensor quantize's ``[scale, zero point]`` as a float32 constant tensor (the zero point is exact).
+
+    Why a tensor and not constants baked into the kernel: quantize kernels (and every fused kernel
+    that ends in one) that differ only by these two numbers become structurally identical, and
+    :mod:`banana.compiler.passes.dedupe_kernels` keeps one copy (the int8 nano DiT: ~26 kernels fewer).
+    """
+    return relax.const(np.array([scale, zp], dtype=np.float32))
+
+
+def _quantize_te(x: te.Tensor, qparams: te.Tensor, dtype: str) -> te.Tensor:
+    """``clip(rint(x / scale) + zp)`` with ``qparams = [scale, zp]`` (:func:`quantize_params`)."""
     lo, hi = ref.INT_RANGES[dtype]
 
     def body(*i: Any) -> Any:
         f32 = "float32"
-        v = tvm.tirx.nearbyint(x(*i) / tvm.tirx.const(scale, f32)) + tvm.tirx.const(float(zp), f32)
+        v = tvm.tirx.nearbyint(x(*i) / qparams[0]) + qparams[1]
         return te.max(te.min(v, tvm.tirx.const(float(hi), f32)), tvm.tirx.const(float(lo), f32)).astype(dtype)
 
     return te.compute(x.shape, body, name="quantize_onnx")
@@ -131,25 +143,80 @@ def _rebias_te(a: te.Tensor, dtype: str) -> te.Tensor:
     return te.compute(a.shape, lambda *i: (a(*i).astype("int32") - offset).astype(kernel_dtype), name="rebias")
 
 
-def _dequant_te(acc: te.Tensor, corr: te.Tensor, scale: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
-    if len(acc.shape) == 3:
-        g = te.reduce_axis((0, acc.shape[2]), name="g")
-        y = te.compute(acc.shape[:2], lambda i, j: te.sum(
-            (acc[i, j, g] + corr[j, g]).astype("float32") * scale[j, g], axis=g), name="dequant_groups")
-        if bias is None:
-            return y
-        return te.compute(y.shape, lambda i, j: y[i, j] + bias[j], name="dequant_bias")
-    if bias is None:
-        return te.compute(acc.shape, lambda i, j: (acc[i, j] + corr[j]).astype("float32") * scale[j], name="dequant")
-    return te.compute(acc.shape, lambda i, j: (acc[i, j] + corr[j]).astype("float32") * scale[j] + bias[j],
-                      name="dequant")
+@dataclass(frozen=True)
+class EpilogueLayout:
+    """Where each per-channel constant of a region sits in its one packed int32 parameter (``epi``).
+
+    Why packed: the lean build has the VM check every weight (dtype, shape, an error string each:
+    ~250 bytes of library per parameter), and a weights-file entry costs ~60 bytes more; one
+    ``epi`` per layer instead of ``corr``/``scale``/``bias`` (or ``cb``/``mult`` and the output zero
+    point) is ~100 parameters fewer on the int8 nano DiT. float32 fields are stored by their bits
+    and read back with ``reinterpret``: the arithmetic and its results are unchanged.
+    """
+
+    fields: tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, dtype: int32 | float32)
+
+    @classmethod
+    def of(cls, parts: dict[str, np.ndarray]) -> EpilogueLayout:
+        return cls(tuple((k, tuple(int(d) for d in a.shape), str(a.dtype)) for k, a in parts.items()))
+
+    def __contains__(self, name: str) -> bool:
+        return any(f[0] == name for f in self.fields)
+
+    def load(self, epi: te.Tensor, name: str, *index: Any) -> Any:
+        """``name[index]`` read from the packed tensor ``epi`` (row-major within its field)."""
+        offset = 0
+        for field_name, shape, dtype in self.fields:
+            if field_name == name:
+                flat: Any = offset
+                stride = 1
+                for i, d in reversed(list(zip(index, shape, strict=True))):
+                    flat = flat + i * stride
+                    stride *= d
+                value = epi[flat]
+                return value if dtype == "int32" else tvm.tirx.reinterpret(dtype, value)
+            offset += int(np.prod(shape))
+        raise KeyError(name)
 
 
-def _requant_te(acc: te.Tensor, cb: te.Tensor, mult: te.Tensor, zp: int, dtype: str) -> te.Tensor:
+def pack_epilogue(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """The int32 vector :class:`EpilogueLayout` describes: every part flattened, float32 by its bits."""
+    for key, a in parts.items():
+        if a.dtype not in (np.int32, np.float32):
+            raise TypeError(f"epilogue constant '{key}': {a.dtype}, expected int32 or float32")
+    return np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.int32) for a in parts.values()])
+
+
+def _dequant_groups_te(acc: te.Tensor, corr: te.Tensor, scale: te.Tensor, *bias: te.Tensor) -> te.Tensor:
+    """Group-wise ``sum_g float32(acc + corr) * scale (+ bias)``, constants as separate tensors: dlight's
+    reduction analysis needs one access region per buffer, so grouped layers are not packed."""
+    g = te.reduce_axis((0, acc.shape[2]), name="g")
+    y = te.compute(acc.shape[:2], lambda i, j: te.sum(
+        (acc[i, j, g] + corr[j, g]).astype("float32") * scale[j, g], axis=g), name="dequant_groups")
+    if not bias:
+        return y
+    return te.compute(y.shape, lambda i, j: y[i, j] + bias[0][j], name="dequant_bias")
+
+
+def _dequant_te(acc: te.Tensor, epi: te.Tensor, layout: EpilogueLayout) -> te.Tensor:
+    """``float32(acc + corr) * scale (+ bias)`` with the constants read from the packed ``epi``."""
+    ld = layout.load
+    if "bias" not in layout:
+        return te.compute(acc.shape, lambda i, j: (acc[i, j] + ld(epi, "corr", j)).astype("float32")
+                          * ld(epi, "scale", j), name="dequant")
+    return te.compute(acc.shape, lambda i, j: (acc[i, j] + ld(epi, "corr", j)).astype("float32")
+                      * ld(epi, "scale", j) + ld(epi, "bias", j), name="dequant")
+
+
+def _requant_te(acc: te.Tensor, epi: te.Tensor, layout: EpilogueLayout, dtype: str) -> te.Tensor:
+    """``clip(rint(float32(acc + cb) * mult) + zp)``; the output zero point ``zp`` is read from ``epi``
+    too (see :func:`quantize_params` for why not a constant in the kernel)."""
     lo, hi = ref.INT_RANGES[dtype]
+    ld = layout.load
 
     def body(i: Any, j: Any) -> Any:
-        r = tvm.tirx.nearbyint((acc[i, j] + cb[j]).astype("float32") * mult[j]).astype("int32") + zp
+        r = tvm.tirx.nearbyint((acc[i, j] + ld(epi, "cb", j)).astype("float32") * ld(epi, "mult", j)).astype("int32")
+        r = r + ld(epi, "zp", 0)
         return te.max(te.min(r, hi), lo).astype(dtype)
 
     return te.compute(acc.shape, body, name="requant")
@@ -216,12 +283,22 @@ def region_constants(region: Region) -> dict[str, np.ndarray]:
         bias_q = ref.bias_to_int32(region.bias, scale) if region.bias is not None else np.zeros(region.n, np.int32)
         out["cb"] = (corr.astype(np.int64) + bias_q).astype(np.int32)
         out["mult"] = ref.requant_multiplier(sa, region.sw, so)
+        out["zp"] = np.array([region.requant[1]], dtype=np.int32)
     else:
         out["corr"] = corr
         out["scale"] = scale
         if region.bias is not None:
             out["bias"] = region.bias.astype(np.float32)
     return out
+
+
+def stored_constants(region: Region, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the weights file holds for a region: ``w`` and, for integer activations, one packed
+    ``epi`` (:class:`EpilogueLayout`); weight-only layers keep ``w``/``scale``/``bias`` (backend hooks
+    such as :mod:`.integer_adreno` read those), group-wise layers ``corr``/``scale``/``bias``."""
+    if region.act is None or (region.k_group and region.requant is None):  # grouped: see _dequant_groups_te
+        return dict(parts)
+    return {"w": parts["w"], "epi": pack_epilogue({k: v for k, v in parts.items() if k != "w"})}
 
 
 # -- the rewriter --------------------------------------------------------------------------------------------
@@ -248,9 +325,11 @@ def _kernel_name(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> str:
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, func: relax.Function, regions: dict[str, Region],
                  params: dict[int, dict[str, relax.Var]], target: tvm.target.Target, taps: bool,
-                 weight_only: Callable[..., tuple[relax.Expr, LayerRecord]] | None = None) -> None:
+                 weight_only: Callable[..., tuple[relax.Expr, LayerRecord]] | None = None,
+                 layouts: dict[int, EpilogueLayout] | None = None) -> None:
         super().__init__(mod)
         self.regions = regions
+        self.layouts = layouts or {}  # region -> where its epilogue constants sit in its ``epi`` parameter
         self.weight_only = weight_only  # a backend's own weight-only lowering (passes.integer_adreno)
         self.params = params
         self.target = target
@@ -305,7 +384,8 @@ class _Rewriter(relax.PyExprMutator):
         else:
             x = self.visit_expr(arg)
             self._tap(region, "x", x)
-            qv = self.builder_.emit_te(_quantize_te, x, sa, zp, dtype, primfunc_name_hint="quantize_onnx")
+            qv = self.builder_.emit_te(_quantize_te, x, quantize_params(sa, zp), dtype,
+                                       primfunc_name_hint="quantize_onnx")
         self._tap(region, "q", qv)
         return qv
 
@@ -349,8 +429,9 @@ class _Rewriter(relax.PyExprMutator):
         dtype = str(call.ty.dtype)
         if s.size != 1 or z.size != 1 or str(x.ty.dtype) != "float32" or dtype not in ref.INT_RANGES:
             return None
-        return self.builder_.emit_te(_quantize_te, self.visit_expr(x), float(s.reshape(-1)[0]), int(z.reshape(-1)[0]),
-                                     dtype, primfunc_name_hint="quantize_onnx")
+        qparams = quantize_params(float(s.reshape(-1)[0]), int(z.reshape(-1)[0]))
+        return self.builder_.emit_te(_quantize_te, self.visit_expr(x), qparams, dtype,
+                                     primfunc_name_hint="quantize_onnx")
 
     def _lower(self, region: Region, var: relax.Var, value: relax.Call) -> None:
         p = self.params[region.index]
@@ -404,14 +485,20 @@ class _Rewriter(relax.PyExprMutator):
         self._tap(region, "acc", acc)
         quant_var = self.requant_of.get(var)
         if quant_var is not None:
-            so, zo, dtype = region.requant
-            y = self.builder_.emit_te(_requant_te, acc, p["cb"], p["mult"], zo, dtype, primfunc_name_hint="requant")
+            dtype = region.requant[2]
+            layout = self.layouts[region.index]  # not an emit_te argument: emit_te converts those to tensors
+            y = self.builder_.emit_te(lambda aa, ee: _requant_te(aa, ee, layout, dtype), acc, p["epi"],
+                                      primfunc_name_hint="requant")
             self._tap(region, "out", y)
             target_var, epilogue = quant_var, "requant"
         else:
-            args = [acc, p["corr"], p["scale"]] + ([bias] if bias is not None else [])
-            y = self.builder_.emit_te(lambda aa, cc, ss, *bb: _dequant_te(aa, cc, ss, bb[0] if bb else None), *args,
-                                      primfunc_name_hint="dequant")
+            if region.k_group:
+                args = [acc, p["corr"], p["scale"]] + ([bias] if bias is not None else [])
+                y = self.builder_.emit_te(_dequant_groups_te, *args, primfunc_name_hint="dequant")
+            else:
+                layout = self.layouts[region.index]
+                y = self.builder_.emit_te(lambda aa, ee: _dequant_te(aa, ee, layout), acc, p["epi"],
+                                          primfunc_name_hint="dequant")
             target_var, epilogue = var, "dequant"
         if region.conv is not None:
             b, _, oh, ow = out_shape
@@ -460,8 +547,11 @@ def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weight
     new_params: list[relax.Var] = []
     param_vars: dict[int, dict[str, relax.Var]] = {}
     constants: dict[int, dict[str, np.ndarray]] = {}
+    layouts: dict[int, EpilogueLayout] = {}
     for region in regions:
-        consts = region_constants(region)
+        parts = region_constants(region)
+        layouts[region.index] = EpilogueLayout.of({k: v for k, v in parts.items() if k != "w"})
+        consts = stored_constants(region, parts)
         constants[region.index] = consts
         param_vars[region.index] = {}
         for key, arr in consts.items():
@@ -469,7 +559,7 @@ def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weight
             v = relax.Var(name, relax.TensorType(list(arr.shape), str(arr.dtype)))
             param_vars[region.index][key] = v
             new_params.append(v)
-    rewriter = _Rewriter(mod, func, by_name, param_vars, target, taps, weight_only)
+    rewriter = _Rewriter(mod, func, by_name, param_vars, target, taps, weight_only, layouts)
     rewriter.plan_requant()
     new_func = rewriter.visit_expr(func)
     keep = [i for i, name in enumerate(names) if not name.startswith(PLACEHOLDER_PREFIX)]

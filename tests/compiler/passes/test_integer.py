@@ -250,3 +250,51 @@ def test_cli_names_the_layer_and_takes_the_fallback_flag(tmp_path: Path, capsys:
     manifest = Artifact.open(tmp_path / "ok").manifest
     assert manifest["integer"]["float_fallbacks"] == ["conv"]
     assert {r["name"]: r["epilogue"] for r in manifest["integer"]["layers"]}["conv"] == "float-fallback"
+
+
+def test_packed_epilogue_reads_back_every_constant_bit_for_bit() -> None:
+    """EpilogueLayout.load inside a compiled kernel returns the arrays pack_epilogue was given (NaN bits too)."""
+    import tvm
+    from tvm import te
+
+    from banana.compiler.passes.integer import EpilogueLayout, pack_epilogue
+
+    rng = np.random.default_rng(0)
+    scale = rng.standard_normal((6, 3)).astype(np.float32)
+    scale[0, 0] = np.float32("nan")
+    parts = {"corr": rng.integers(-2**31, 2**31 - 1, (6, 3), dtype=np.int32), "scale": scale,
+             "bias": rng.standard_normal(6).astype(np.float32), "zp": np.array([-7], np.int32)}
+    packed = pack_epilogue(parts)
+    assert packed.dtype == np.int32 and packed.size == 6 * 3 * 2 + 6 + 1
+    layout = EpilogueLayout.of(parts)
+    epi = te.placeholder(packed.shape, "int32", name="epi")
+    outs = [te.compute((6, 3), lambda j, g: layout.load(epi, "corr", j, g), name="corr"),
+            te.compute((6, 3), lambda j, g: layout.load(epi, "scale", j, g), name="scale"),
+            te.compute((6,), lambda j: layout.load(epi, "bias", j), name="bias"),
+            te.compute((1,), lambda i: layout.load(epi, "zp", i), name="zp")]
+    lib = tvm.compile(te.create_prim_func([epi, *outs]), target="llvm")
+    got = [tvm.runtime.tensor(np.zeros(a.shape, a.dtype)) for a in parts.values()]
+    lib(tvm.runtime.tensor(packed), *got)
+    for (name, want), have in zip(parts.items(), got, strict=True):
+        assert have.numpy().tobytes() == want.tobytes(), name
+    assert "zp" in layout and "mult" not in layout
+    with pytest.raises(TypeError, match="'w'.*int8"):
+        pack_epilogue({"w": np.zeros(3, np.int8)})
+
+
+def test_integer_layers_store_one_packed_epilogue(tmp_path: Path) -> None:
+    """Per-channel constants of an integer-activation layer travel as one int32 ``epi`` parameter
+    (grouped layers keep corr/scale/bias); quantize kernels take their scale as a tensor."""
+    from banana.compiler.passes.integer_stage import import_with_integer_regions, integer_stage
+    from banana.targets.host import host_target
+
+    path = banana_form_model(tmp_path / "m.onnx")
+    imported, plan = import_with_integer_regions(path, None, "host")
+    lowering = integer_stage(imported, plan, host_target())
+    names = set(imported.weight_names)
+    assert {"banana_int_0_w", "banana_int_0_epi", "banana_int_2_epi", "banana_int_3_epi"} <= names
+    assert {"banana_int_1_corr", "banana_int_1_scale"} <= names  # int4, block 8: grouped
+    assert not {n for n in names if n.endswith(("_cb", "_mult")) or n == "banana_int_0_corr"}
+    assert lowering is not None
+    quantize = [f for g, f in imported.mod.functions_items() if g.name_hint.startswith("quantize_onnx")]
+    assert quantize and all(len(f.params) == 3 for f in quantize)  # x, [scale, zp], out

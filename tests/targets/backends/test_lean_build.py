@@ -27,6 +27,14 @@ def elf_section_names(path: Path) -> set[str]:
     return names
 
 
+def load_segments(path: Path) -> int:
+    """Number of PT_LOAD program headers of a 64-bit little-endian ELF file."""
+    data = path.read_bytes()
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    return sum(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 1 for i in range(phnum))
+
+
 def assert_lean(library: Path) -> None:
     sections = elf_section_names(library)
     assert ".dynsym" in sections and ".text" in sections
@@ -39,6 +47,8 @@ def test_host_library_is_stripped_and_still_verifies(mlp_onnx: Path, tmp_path: P
     assert result.verify is not None and result.verify.executed and result.verify.ok
     assert result.manifest["target"]["opt-level"] == 2
     assert_lean(tmp_path / "a" / "model.so")
+    # -z noseparate-code: code and read-only data share one segment (no 4 KiB padding between them)
+    assert load_segments(tmp_path / "a" / "model.so") == 2
 
 
 def test_cpu_library_is_stripped_and_still_verifies_under_qemu(mlp_onnx: Path, tmp_path: Path) -> None:
