@@ -9,6 +9,16 @@ are created, i.e. inputs + outputs + every intermediate buffer.
     .venv/bin/python benchmarks/attention.py [--tokens 256 1024 4096] [--threads 2]
 
 Last line: RESULT {"unfused_over_fused_4096": ..., "ort_over_fused_4096": ..., "fused_peak_mb_4096": ...}
+
+``--kernel`` instead times the fused kernel alone (``attention_primfunc`` at its default knobs, host
+target) at the small DiT's shapes and at 8 q / 2 kv heads x 64 at 1024 tokens, with 1 and 2 threads,
+next to f32_gemm at 256x384x384 (the throughput banana's GEMM reaches on this host): ms and
+GFLOP/s (4 * Hq * Lq * Lkv * D flops: Q K^T + P V). The 1-thread rows also give the per-thread CPU
+time (``time.thread_time``), which is far less sensitive to other jobs on a shared machine.
+
+    .venv/bin/python benchmarks/attention.py --kernel [--kernel-threads 1 2]
+
+Last line: RESULT {"small_dit_self_gflops_2t": ..., "gemm_gflops_2t": ...}
 """
 
 from __future__ import annotations
@@ -157,6 +167,92 @@ def _spawn(variant: str, tokens: int, threads: int, reps: int, timeout_s: float)
     return None
 
 
+#: (name, batch, q heads, kv heads, q len, kv len, head dim) of the kernel-only mode
+KERNEL_SPECS = (
+    ("small-dit-self", 1, 8, 2, 256, 256, 48),
+    ("small-dit-cross", 1, 8, 2, 256, 16, 48),
+    ("gqa-1024x64", 1, 8, 2, 1024, 1024, 64),
+)
+
+
+def _time_lib(lib: object, args: list[object], flop: float, cpu_time: bool) -> dict[str, float]:
+    import tvm
+
+    fn = lib["main"]  # type: ignore[index]
+    fn(*args)
+    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=5, repeat=40)  # type: ignore[attr-defined]
+    results = sorted(evaluator(*args).results)
+    out = {"min_ms": 1e3 * results[0], "median_ms": 1e3 * results[len(results) // 2]}
+    if cpu_time:  # one thread: the kernel runs on the calling thread
+        best = float("inf")
+        for _ in range(10):
+            start = time.thread_time()
+            for _ in range(5):
+                fn(*args)
+            best = min(best, (time.thread_time() - start) / 5)
+        out["cpu_ms"] = 1e3 * best
+    for key in list(out):
+        out[key.replace("_ms", "_gflops")] = flop / out[key] / 1e6
+    return out
+
+
+def kernel_worker(threads: int) -> dict[str, dict[str, float]]:
+    """Kernel-only timings in this process (``TVM_NUM_THREADS`` already set to ``threads``)."""
+    import tvm
+
+    from banana.kernels.attention import AttentionSpec, attention_primfunc, default_knobs
+    from banana.kernels.f32_gemm import f32_gemm_primfunc
+    from banana.targets.host import host_target
+
+    target = tvm.target.Target({**host_target(), "num-cores": threads})
+    rng = np.random.default_rng(SEED)
+    out: dict[str, dict[str, float]] = {}
+    for name, b, hq, hkv, lq, lkv, d in KERNEL_SPECS:
+        spec = AttentionSpec(b, hq, hkv, lq, lkv, d, scale=d**-0.5)
+        func = attention_primfunc(spec, default_knobs(spec, threads)).with_attr("global_symbol", "main")
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        arrays = [rng.standard_normal(shape).astype(np.float32)
+                  for shape in ((b, hq, lq, d), (b, hkv, lkv, d), (b, hkv, lkv, d), (1, 1, 1, 1), (b, hq, lq, d))]
+        out[name] = _time_lib(lib, [tvm.runtime.tensor(a) for a in arrays], 4.0 * b * hq * lq * lkv * d, threads == 1)
+    m, n, k = 256, 384, 384
+    func = f32_gemm_primfunc(m, n, k, target=target, transpose_b=False).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in ((m, k), (k, n), (m, n))]
+    out["f32_gemm-256x384x384"] = _time_lib(lib, [tvm.runtime.tensor(a) for a in arrays], 2.0 * m * n * k,
+                                            threads == 1)
+    return out
+
+
+def kernel_main(thread_counts: list[int], timeout_s: float) -> None:
+    """Kernel-only mode: one worker process per thread count (the thread pool size is fixed at start)."""
+    rows: dict[int, dict[str, dict[str, float]]] = {}
+    print(f"{'kernel':<22} {'threads':>7} {'min ms':>8} {'median ms':>9} {'GFLOP/s':>8} {'cpu ms':>7}"
+          f" {'cpu GFLOP/s':>11}")
+    for threads in thread_counts:
+        cmd = [sys.executable, __file__, "--kernel-worker", str(threads)]
+        env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
+        except subprocess.TimeoutExpired:
+            continue
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("WORKER ")]
+        if not lines:
+            sys.stderr.write(proc.stderr[-2000:])
+            continue
+        rows[threads] = json.loads(lines[-1][len("WORKER "):])
+        for name, r in rows[threads].items():
+            cpu = f"{r['cpu_ms']:>7.3f} {r['cpu_gflops']:>11.1f}" if "cpu_ms" in r else f"{'':>7} {'':>11}"
+            print(f"{name:<22} {threads:>7} {r['min_ms']:>8.3f} {r['median_ms']:>9.3f} {r['min_gflops']:>8.1f} {cpu}",
+                  flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    top = rows.get(max(thread_counts), {})
+    result = {
+        "small_dit_self_gflops_2t": round(top["small-dit-self"]["min_gflops"], 1) if top else None,
+        "gemm_gflops_2t": round(top["f32_gemm-256x384x384"]["min_gflops"], 1) if top else None,
+    }
+    print("RESULT " + json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
@@ -164,7 +260,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=0, help="timed runs (default: by size)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per worker")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "TOKENS"), help=argparse.SUPPRESS)
+    parser.add_argument("--kernel", action="store_true", help="time the fused kernel alone (see the docstring)")
+    parser.add_argument("--kernel-threads", type=int, nargs="+", default=[1, 2], help="thread counts for --kernel")
+    parser.add_argument("--kernel-worker", type=int, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.kernel_worker:
+        print("WORKER " + json.dumps(kernel_worker(opts.kernel_worker)))
+        return
+    if opts.kernel:
+        kernel_main(opts.kernel_threads, opts.timeout)
+        return
     if opts.worker:
         variant, tokens = opts.worker[0], int(opts.worker[1])
         print("WORKER " + json.dumps(worker(variant, tokens, opts.threads, max(1, opts.reps))))

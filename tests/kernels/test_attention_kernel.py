@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
 import tvm.s_tir
+from tvm import relax
 
 from banana.kernels.attention import (
     AttentionKnobs,
@@ -19,7 +24,8 @@ from banana.targets.host import host_target
 from tests.kernels.attention_reference import reference_attention
 
 
-def _run(spec: AttentionSpec, knobs: AttentionKnobs | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _run(spec: AttentionSpec, knobs: AttentionKnobs | None = None, seed: int = 0,
+         wide_vectors: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((spec.batch, spec.q_heads, spec.q_len, spec.head_dim)).astype(np.float32)
     k = rng.standard_normal((spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim)).astype(np.float32)
@@ -28,7 +34,9 @@ def _run(spec: AttentionSpec, knobs: AttentionKnobs | None = None, seed: int = 0
     if spec.mask_shape is not None:
         mask = (rng.standard_normal(spec.mask_shape) * 2).astype(np.float32)
         mask[..., 0, 1:] = np.finfo(np.float32).min  # a row whose keys are all but one masked off
-    func = attention_primfunc(spec, knobs)
+        if spec.mask_shape[2] > 1:
+            mask[..., 1, :] = np.finfo(np.float32).min  # a fully masked row: uniform average, no NaN
+    func = attention_primfunc(spec, knobs, wide_vectors=wide_vectors)
     ex = tvm.compile(tvm.IRModule({"attention": func}), target=tvm.target.Target(host_target()))
     out = np.zeros((spec.batch, spec.q_heads, spec.q_len, spec.head_dim), np.float32)
     mask_arg = mask if mask is not None else np.zeros((1, 1, 1, 1), np.float32)
@@ -51,6 +59,30 @@ def _run(spec: AttentionSpec, knobs: AttentionKnobs | None = None, seed: int = 0
 def test_kernel_matches_numpy(spec: AttentionSpec) -> None:
     got, want = _run(spec)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("wide_vectors", [False, True], ids=["register-tiled", "wide"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        AttentionSpec(1, 8, 2, 256, 256, 48, scale=48**-0.5),  # small-dit self-attention: 5 row blocks + a tail
+        AttentionSpec(1, 8, 2, 256, 16, 48, scale=48**-0.5),  # small-dit cross-attention
+        AttentionSpec(1, 2, 1, 70, 70, 20, scale=0.2, causal=True, mask_shape=(1, 2, 70, 70)),  # head dim 20: V copied
+    ],
+    ids=["small-dit-self", "small-dit-cross", "odd-head-dim"],
+)
+def test_both_kernel_variants_match_numpy(spec: AttentionSpec, wide_vectors: bool) -> None:
+    got, want = _run(spec, wide_vectors=wide_vectors, seed=3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_register_tiled_kernel_by_default_wide_one_for_serial_knobs() -> None:
+    """The parallel (CPU) kernel's inner loops are 8-lane fmuladd tiles; parallel=False (Hexagon) keeps wide loops."""
+    spec = AttentionSpec(1, 8, 2, 64, 64, 16, scale=0.25)
+    tiled = attention_primfunc(spec).script()
+    wide = attention_primfunc(spec, AttentionKnobs(tile_q=32, tile_kv=64, parallel=False)).script()
+    assert "\"float32x8\", \"llvm.fmuladd\"" in tiled and "T.parallel" in tiled
+    assert "llvm.fmuladd" not in wide and "T.parallel" not in wide
 
 
 def test_fp16_variant_accumulates_in_fp32() -> None:
@@ -102,3 +134,70 @@ def test_bad_specs_and_knobs_are_rejected_with_one_line() -> None:
         attention_primfunc(AttentionSpec(1, 4, 2, 8, 8, 16, scale=1.0, mask_shape=(1, 3, 8, 8)))
     with pytest.raises(BadConfigError, match="tile_kv"):
         attention_primfunc(AttentionSpec(1, 4, 2, 8, 8, 16, scale=1.0), AttentionKnobs(tile_q=8, tile_kv=12))
+
+
+ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 2}
+AVX2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
+
+
+def _asm(target: dict) -> str:
+    func = attention_primfunc(AttentionSpec(1, 8, 2, 64, 64, 48, scale=0.25))
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    return tvm.tirx.build(mod, target=tvm.target.Target(target)).inspect_source("asm")
+
+
+def test_x86_avx2_inner_loops_are_ymm_fma_without_libm_calls() -> None:
+    asm = _asm(AVX2)
+    assert len(re.findall(r"^\s*vfmadd\d+ps\s+%ymm", asm, flags=re.M)) >= 24  # two 12-accumulator tiles
+    assert re.search(r"^\s*vroundps\s", asm, flags=re.M)  # exp2's nearbyint stays a vector op
+    assert not re.search(r"call\w*\s+\w*(exp|round|nearbyint|floor)", asm)
+
+
+def test_arm64_inner_loops_are_fmla_4s_without_libm_calls() -> None:
+    asm = _asm(ARM)
+    assert len(re.findall(r"^\s*fmla\s+v\d+\.4s", asm, flags=re.M)) >= 24
+    assert not re.search(r"^\s*bl\s+\w*(exp|round|nearbyint|floor|fmaf)", asm, flags=re.M)
+
+
+@pytest.mark.slow
+def test_arm64_matches_numpy_under_qemu(tmp_path: Path) -> None:
+    for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    from banana.targets.arm64 import export_arm64_library, run_arm64
+
+    specs = [
+        AttentionSpec(1, 8, 2, 40, 40, 48, scale=48**-0.5),  # small-dit-like GQA, row-block tail
+        AttentionSpec(1, 4, 2, 37, 50, 16, scale=0.3, head_map="tile", mask_shape=(1, 4, 37, 50)),  # tails + mask
+        AttentionSpec(1, 6, 3, 45, 45, 20, scale=0.5, causal=True),  # causal, head dim 20 (V copied)
+    ]
+    rng = np.random.default_rng(7)
+    target = tvm.target.Target(ARM)
+    arrays: list[np.ndarray] = []
+    for spec in specs:
+        q = rng.standard_normal((spec.batch, spec.q_heads, spec.q_len, spec.head_dim)).astype(np.float32)
+        k, v = (rng.standard_normal((spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim)).astype(np.float32)
+                for _ in range(2))
+        mask = (rng.standard_normal(spec.mask_shape) * 2).astype(np.float32) if spec.mask_shape else \
+            np.zeros((1, 1, 1, 1), np.float32)
+        arrays += [q, k, v, mask]
+    params = [relax.Var(f"x{i}", relax.TensorType(x.shape, "float32")) for i, x in enumerate(arrays)]
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            outs = []
+            for idx, spec in enumerate(specs):
+                gv = bb.add_func(attention_primfunc(spec).without_attr("global_symbol"), f"attention_{idx}")
+                shape = (spec.batch, spec.q_heads, spec.q_len, spec.head_dim)
+                outs.append(bb.emit(relax.call_tir(gv, params[4 * idx:4 * idx + 4],
+                                                   relax.TensorType(shape, "float32"))))
+            result = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(result)
+    lib = export_arm64_library(tvm.compile(bb.get(), target=target), tmp_path / "attention.so")
+    weights = tmp_path / "empty.params"
+    tvm.runtime.save_param_dict_to_file({}, str(weights))
+    run = run_arm64(lib, weights, arrays, qemu_cpu="neoverse-n1")
+    for idx, (out, spec) in enumerate(zip(run.outputs, specs, strict=True)):
+        q, k, v, mask = arrays[4 * idx:4 * idx + 4]
+        want = reference_attention(q, k, v, spec, mask if spec.mask_shape else None)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
