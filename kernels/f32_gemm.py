@@ -106,6 +106,50 @@ def row_chunks(row_tiles: int, col_tiles: int, macs_per_tile: int, cores: int) -
     return row_tiles
 
 
+def is_dot(m: int, transpose_b: bool) -> bool:
+    """Whether :func:`f32_gemm_primfunc` runs the "dot" inner kernel (``[n, k]`` B, few rows)."""
+    return transpose_b and m < PACK_MIN_ROWS
+
+
+def target_traits(target: tvm.target.Target | dict | str) -> tuple[int, bool]:
+    """(fp32 lanes, arm64?) as :func:`f32_gemm_primfunc` derives them: what its tile sizes depend on."""
+    if isinstance(target, (dict, str)):
+        target = tvm.target.Target(target)
+    return vector_lanes(target), _target_info(target)[1].startswith("aarch64")
+
+
+def vector_registers(arm: bool) -> int:
+    """Architectural vector registers: 32 on arm64 (NEON q), 16 on x86-64 (AVX2 ymm / SSE xmm)."""
+    return 32 if arm else 16
+
+
+def outer_tile_fits(rows: int, vecs: int, arm: bool) -> bool:
+    """Whether an outer-product tile's live vectors fit the register file without spills:
+    ``rows * vecs`` accumulators, ``vecs`` packed-B loads and one broadcast of ``A[i, k]``."""
+    return rows * vecs + vecs + 1 <= vector_registers(arm)
+
+
+#: schedule-knob values the tuner tries for the outer-product kernel (``banana.tuning.gemm_knobs``);
+#: filtered by :func:`outer_tile_fits` and clipped to the GEMM's size
+KNOB_ROWS = {"x86": (4, 6), "arm": (4, 6, 8)}
+KNOB_VECS = (1, 2, 3)
+
+
+def k_block_options(k: int, tile_width: int) -> list[int]:
+    """The tile's default k block first, then about half and twice it (each an even split of ``k``)."""
+    base = default_k_block(k, tile_width)
+
+    def even(cap: int) -> int:
+        blocks = -(-k // max(1, cap))
+        return -(-k // blocks)
+
+    options = [base]
+    for value in (even(max(16, base // 2)), even(base * 2)):
+        if value not in options:
+            options.append(value)
+    return options
+
+
 def _fma(acc: Any, a: Any, b: Any, lanes: int) -> Any:
     return T.call_llvm_pure_intrin(f"float32x{lanes}", f"llvm.fmuladd.v{lanes}f32", a, b, acc)
 

@@ -5,6 +5,10 @@ the LLVM lowering calls :func:`apply_active_records` between fusion and the defa
 and this module remembers which tasks were tuned and which were not, for the manifest and the CLI.
 The build and its report's analysis both lower the module inside the same context, so records are
 applied twice per compile: each task is listed once.
+
+banana's own kernels take their stored schedule knobs (``banana tune``, :mod:`banana.tuning.knobs`)
+from here too: the GEMM pass asks :func:`active_gemm_knobs`, and tuned / untuned GEMM kernels are
+listed like tasks (the attention kernels by :func:`record_attention_kernels`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,8 @@ class TuningApplied:
     untuned: list[str] = field(default_factory=list)
     consulted: bool = False
     _memory_db: Any = None
+    #: ``banana.tuning.gemm_knobs.gemm_key`` -> GemmKnobs stored for this SoC/backend
+    gemm_knobs: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "records": self.records, "consulted": self.consulted,
@@ -65,7 +71,10 @@ def apply_tuning_database(root: Path | str | None, soc_id: str, backend: str) ->
     else:
         logger.warning("%s: no records for SoC %s, backend %s: every task stays untuned", root, soc_id, backend)
         memory, count = None, 0
-    applied = TuningApplied(str(directory), soc_id, backend, count, _memory_db=memory)
+    from banana.tuning.gemm_knobs import load_tuned_gemm_knobs
+
+    applied = TuningApplied(str(directory), soc_id, backend, count, _memory_db=memory,
+                            gemm_knobs=load_tuned_gemm_knobs(root, soc_id, backend))
     token = _ACTIVE.set(applied)
     try:
         yield applied
@@ -118,6 +127,36 @@ def record_attention_kernels(applied: TuningApplied | None, sites: list[Any], tu
         bucket = applied.tuned if spec_key(spec_from_site(site)) in tuned_keys else applied.untuned
         if site.kernel not in bucket:
             bucket.append(site.kernel)
+
+
+def _list_kernel(applied: TuningApplied, name: str, tuned: bool) -> None:
+    """List a banana kernel once, as tuned (stored knobs) or untuned."""
+    bucket = applied.tuned if tuned else applied.untuned
+    if name not in applied.tuned and name not in applied.untuned:
+        bucket.append(name)
+
+
+def active_gemm_knobs() -> Callable[[int, int, int, bool, bool, str], Any] | None:
+    """The GEMM pass's knob lookup for the active tuning database (None without one, or on a backend
+    whose GEMM kernels take no knobs); it lists every tunable GEMM kernel as tuned (stored knobs other
+    than the default) or untuned (none stored, or the default won: built exactly as without a database)."""
+    from banana.tuning.knobs import KNOB_BACKENDS
+
+    applied = _ACTIVE.get()
+    if applied is None or applied.backend not in KNOB_BACKENDS:
+        return None
+
+    def lookup(m: int, n: int, k: int, transpose_b: bool, bias: bool, name: str) -> Any:
+        from banana.tuning.gemm_knobs import GemmSpec, gemm_key
+
+        spec = GemmSpec(m, n, k, transpose_b, bias)
+        if not spec.tunable:
+            return None
+        knobs = applied.gemm_knobs.get(gemm_key(spec))
+        _list_kernel(applied, name, knobs is not None)
+        return None if knobs is None else (knobs.tile, knobs.k_block)
+
+    return lookup
 
 
 def apply_records_pass(target: tvm.target.Target) -> tvm.transform.Pass:

@@ -4,6 +4,8 @@ Each selected task is tuned by its own MetaSchedule run with budget ``planned - 
 database``: the plan is a deterministic function of the model and ``--trials`` and records are
 appended as they are measured, so rerunning after Ctrl-C or ``kill -9`` resumes where it stopped
 (losing only the trials that were in flight). Records pass :class:`CandidateChecker` first.
+On ``host``/``cpu`` a share of the budget searches the schedule knobs of banana's own kernels (fused
+attention, fp32 GEMM; :mod:`banana.tuning.knobs`), which MetaSchedule cannot schedule.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class TuneReport:
     rejected: int
     failed: int
     elapsed_s: float
-    knobs: list[Any] = field(default_factory=list)  # banana.tuning.knobs.KnobReport per attention kernel
+    knobs: list[Any] = field(default_factory=list)  # banana.tuning.knobs.KnobReport per attention/GEMM kernel
 
     @property
     def trials_per_minute(self) -> float:
@@ -90,10 +92,11 @@ class _Session:
     task: TuneTask | None = None
     workload: Any = None
     target: Any = None
+    extra_total: int = 0  # trials spent after the tasks (kernel knobs), shown in the same bar
 
     @property
     def total(self) -> int:
-        return sum(b for _, b in self.plan)
+        return sum(b for _, b in self.plan) + self.extra_total
 
     def progress(self) -> TuneProgress:
         elapsed = time.perf_counter() - self.started
@@ -198,8 +201,12 @@ def tune_imported(
     ms_runner: Any = None,
     trials_per_iter: int = 16,
     default_schedules: bool = True,
+    knob_kernels: list[Any] | None = None,
 ) -> TuneReport:
     """Tune an imported model's tasks for ``target``; see :func:`tune_model`.
+
+    ``knob_kernels`` (``banana.tuning.knobs.KnobKernel``): banana's own kernels, whose knobs get
+    :func:`_knob_budget` of ``trials`` (searched after the tasks); the tasks get the rest.
 
     ``default_schedules``: measure each task's default schedule too and let it compete with the
     trials in builds (:mod:`banana.tuning.baseline`); off only to study the search on its own."""
@@ -211,9 +218,11 @@ def tune_imported(
     lean_tensor_intrinsics(target)
     db = TuningDatabase.open(db_root, soc.id, backend, target)
     tasks = extract_tune_tasks(imported.mod, target)
-    plan = select_tasks(tasks, trials)
+    knob_trials = _knob_budget(trials, knob_kernels or [], has_tasks=bool(select_tasks(tasks, trials)))
+    plan = select_tasks(tasks, trials - knob_trials)
     planned = {t.name for t, _ in plan}
-    session = _Session(checker or CandidateChecker(seed=seed, target=target), db, plan, on_progress)
+    session = _Session(checker or CandidateChecker(seed=seed, target=target), db, plan, on_progress,
+                       extra_total=knob_trials)
     tvm_target = tvm.target.Target(target)
     session.target = tvm_target
     cores = int(target.get("num-cores", os.cpu_count() or 1))
@@ -267,8 +276,12 @@ def tune_imported(
         best = db.best_seconds(task.mod)
         reports.append(TaskReport(task.name, task.weight, task.flops, budget, len(db.records_for(task.mod)),
                                   None if best is None else best * 1e3))
-    return TuneReport(db.directory, str(spec), reports, [t.name for t in tasks if t.name not in planned],
-                      session.run, session.rejected, session.failed, time.perf_counter() - session.started)
+    report = TuneReport(db.directory, str(spec), reports, [t.name for t in tasks if t.name not in planned],
+                        session.run, session.rejected, session.failed, time.perf_counter() - session.started)
+    if knob_trials:
+        report.knobs = _tune_knobs(knob_kernels or [], backend=backend, soc=soc, target=target, trials=knob_trials,
+                                   spec=spec, db_root=db_root, seed=seed, report=report, on_progress=on_progress)
+    return report
 
 
 def _task_loggers(work_dir: str, task_name: str) -> list[Any]:
@@ -316,19 +329,60 @@ def _fused(mod: Any, backend: str, target: dict[str, Any]) -> tuple[Any, list[An
     return fusion.mod, list(fusion.sites)
 
 
-def _tune_knobs(sites: list[Any], *, backend: str, soc: Any, target: dict[str, Any], trials: int,
-                spec: RunnerSpec, db_root: Path | str, seed: int) -> list[Any]:
-    """Search the attention kernels' knobs with ``trials`` (see :mod:`banana.tuning.knobs`)."""
-    from banana.tuning.knobs import KnobStore, distinct_specs, tune_attention_knobs
+def _knob_kernels(mod: Any, sites: list[Any], target: dict[str, Any]) -> list[Any]:
+    """banana's kernels with searchable knobs in ``mod`` (after the fuse stage): the distinct fused
+    attention kernels, then the distinct outer-product GEMM kernels (``banana.tuning.knobs.KnobKernel``)."""
+    from banana.tuning.gemm_knobs import gemm_kernels, gemm_specs
+    from banana.tuning.knobs import attention_kernels, distinct_specs
 
-    specs = distinct_specs(sites)
-    if not specs or trials <= 0:
+    cores = int(target.get("num-cores", 1))  # as the fuse stage counts them: same default knobs
+    return attention_kernels(distinct_specs(sites), cores) + gemm_kernels(gemm_specs(mod, target), target)
+
+
+def _knob_budget(trials: int, kernels: list[Any], *, has_tasks: bool) -> int:
+    """``knobs.knob_budget`` over ``kernels`` (each capped at its candidate list); when the model also
+    has MetaSchedule tasks worth tuning they keep at least half of ``trials`` (a small ``--trials`` on
+    a model with a few GEMMs must not go to the kernels' knob floors alone)."""
+    from banana.tuning.knobs import MAX_CANDIDATES, knob_budget
+
+    if not kernels:
+        return 0
+    budget = knob_budget(trials, len(kernels), [len(k.candidates(MAX_CANDIDATES)) for k in kernels])
+    return min(budget, trials // 2) if has_tasks else budget
+
+
+def _tune_knobs(kernels: list[Any], *, backend: str, soc: Any, target: dict[str, Any], trials: int,
+                spec: RunnerSpec, db_root: Path | str, seed: int, report: TuneReport | None = None,
+                on_progress: Callable[[TuneProgress], None] | None = None) -> list[Any]:
+    """Search the kernels' knobs with ``trials`` (see :mod:`banana.tuning.knobs`); progress continues the
+    tasks' bar of ``report`` (tasks' trials first, then one step per knob candidate measured now)."""
+    from banana.tuning.knobs import KnobStore, tune_kernel_knobs
+
+    if not kernels or trials <= 0:
         return []
     store = KnobStore.open(db_root, soc.id, backend)
-    return tune_attention_knobs(specs, store=store, target=target, trials=trials,
-                                builder=_builder_for(spec, soc, backend),
-                                runner=make_runner(spec, backend, soc=soc, target=target),
-                                checker=CandidateChecker(seed=seed, target=target), runner_name=str(spec))
+    started = time.perf_counter()
+    tasks_total = sum(t.trials_planned for t in report.tasks) if report else 0
+    tasks_done = sum(min(t.trials_in_db, t.trials_planned) for t in report.tasks) if report else 0
+    best = (sum(t.weight * t.best_ms for t in report.tasks if t.best_ms is not None)
+            if report and any(t.best_ms is not None for t in report.tasks) else None)
+    count = {"done": 0, "rejected": 0}
+
+    def tick(kind: str, ok: bool) -> None:
+        count["done"] += 1
+        count["rejected"] += not ok
+        if on_progress:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / count["done"] * max(0, trials - count["done"])
+            on_progress(TuneProgress(min(tasks_done + count["done"], tasks_total + trials), tasks_total + trials,
+                                     best, (report.elapsed_s if report else 0.0) + elapsed, eta, f"{kind} knobs",
+                                     (report.rejected if report else 0) + count["rejected"]))
+
+    return tune_kernel_knobs(kernels, store=store, target=target, trials=trials,
+                             builder=_builder_for(spec, soc, backend),
+                             runner=make_runner(spec, backend, soc=soc, target=target),
+                             checker=CandidateChecker(seed=seed, target=target), runner_name=str(spec),
+                             on_candidate=tick)
 
 
 def tune_model(
@@ -362,16 +416,9 @@ def tune_model(
     path, _ = resolve_model(model)
     imported = import_onnx(path, shapes)
     imported.mod, sites = _fused(imported.mod, backend, backend_impl.target(target_soc))
-    knob_trials = 0
+    kernels: list[Any] = []
     if backend in KNOB_BACKENDS:  # banana's own kernels: a share of --trials searches their knobs
-        from banana.tuning.knobs import distinct_specs, knob_budget
-
-        knob_trials = knob_budget(trials, len(distinct_specs(sites)))
-    report = tune_imported(imported, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
-                           trials=trials - knob_trials, runner=spec, db_root=db_root, seed=seed,
-                           on_progress=on_progress, trials_per_iter=trials_per_iter,
-                           default_schedules=default_schedules)
-    if knob_trials:
-        report.knobs = _tune_knobs(sites, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
-                                   trials=knob_trials, spec=spec, db_root=db_root, seed=seed)
-    return report
+        kernels = _knob_kernels(imported.mod, sites, backend_impl.target(target_soc))
+    return tune_imported(imported, backend=backend, soc=target_soc, target=backend_impl.target(target_soc),
+                         trials=trials, runner=spec, db_root=db_root, seed=seed, on_progress=on_progress,
+                         trials_per_iter=trials_per_iter, default_schedules=default_schedules, knob_kernels=kernels)

@@ -10,18 +10,24 @@ kernel's epilogue, so a Linear stays one kernel as it was after fusion. Everythi
 matmuls, other dtypes, GEMMs below ``min_macs``, where the kernel's fixed per-call cost is not
 repaid: ~8 K MACs ran faster on the old path, 64 K already 3x slower) is left to legalisation and the
 dlight rules.
+
+Schedule knobs: ``rewrite_f32_gemms(..., knobs=LOOKUP)`` builds each kernel with the register tile and k
+block ``LOOKUP`` returns for its shape (None: the kernel's defaults); the lowering's
+:func:`f32_gemm_pass` takes the lookup of the active ``--tuning-db`` (knobs stored by ``banana tune``,
+:mod:`banana.tuning.gemm_knobs`), so a build without a database is unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import tvm
 from tvm import relax
 
-from banana.kernels.f32_gemm import f32_gemm_primfunc
+from banana.kernels.f32_gemm import F32Tile, f32_gemm_primfunc
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: Low because tiny kernels run serially (passes.small_kernels): then the kernel beats dlight's lowering
 #: at every nano-DiT size (8K-32K MACs: 0.4-1.6 us vs 5-120 us) and reads transposed weights in place.
 MIN_MACS = 4096
+
+#: ``(m, n, k, transpose_b, bias, kernel name) -> (tile, k_block)`` to build that GEMM with, or None (defaults)
+KnobLookup = Callable[[int, int, int, bool, bool, str], "tuple[F32Tile, int] | None"]
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
 _PERMUTE = tvm.ir.Op.get("relax.permute_dims")
@@ -64,9 +73,11 @@ def _dtype(expr: relax.Expr) -> str | None:
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, min_macs: int,
-                 var2val: dict[relax.Var, relax.Expr], uses: dict[relax.Var, int]) -> None:
+                 var2val: dict[relax.Var, relax.Expr], uses: dict[relax.Var, int],
+                 knobs: KnobLookup | None = None) -> None:
         super().__init__(mod)
         self.target = target
+        self.knobs = knobs
         self.min_macs = min_macs
         self.var2val = var2val
         self.uses = uses
@@ -139,8 +150,11 @@ class _Rewriter(relax.PyExprMutator):
         key = (m, n, k, p.transpose_b, bias is not None)
         gv = self.kernels.get(key)
         if gv is None:
-            func = f32_gemm_primfunc(m, n, k, target=self.target, transpose_b=p.transpose_b, bias=bias is not None)
             name = f"f32_gemm_{m}x{n}x{k}{'_t' if p.transpose_b else ''}{'_bias' if bias is not None else ''}"
+            tuned = self.knobs(m, n, k, p.transpose_b, bias is not None, name) if self.knobs else None
+            extra: dict[str, Any] = {"tile": tuned[0], "k_block": tuned[1]} if tuned else {}
+            func = f32_gemm_primfunc(m, n, k, target=self.target, transpose_b=p.transpose_b, bias=bias is not None,
+                                     **extra)
             gv = self.builder_.add_func(func, name)
             self.kernels[key] = gv
         a = self.visit_expr(p.x)
@@ -170,20 +184,28 @@ def _use_counts(func: relax.Function) -> dict[relax.Var, int]:
     return counts
 
 
-def rewrite_f32_gemms(mod: tvm.IRModule, target: tvm.target.Target, *, min_macs: int = MIN_MACS) -> tvm.IRModule:
-    """Every qualifying fp32 matmul of every Relax function in ``mod`` as a call of the GEMM kernel."""
+def rewrite_f32_gemms(mod: tvm.IRModule, target: tvm.target.Target, *, min_macs: int = MIN_MACS,
+                      knobs: KnobLookup | None = None,
+                      shapes: list[tuple[int, int, int, bool, bool]] | None = None) -> tvm.IRModule:
+    """Every qualifying fp32 matmul of every Relax function in ``mod`` as a call of the GEMM kernel.
+
+    ``knobs``: per-shape schedule knobs (None: defaults). ``shapes``, if given, receives each distinct
+    kernel's ``(m, n, k, transpose_b, bias)`` in first-emitted order (what ``banana tune`` searches)."""
     names = [gv for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
     total = 0
     for gv in names:
         func = mod[gv]
         if not isinstance(func.body, relax.SeqExpr):
             continue
-        rewriter = _Rewriter(mod, target, min_macs, relax.analysis.get_var2val(func), _use_counts(func))
+        rewriter = _Rewriter(mod, target, min_macs, relax.analysis.get_var2val(func), _use_counts(func), knobs)
         for block in func.body.blocks:  # find the bias adds first: their matmuls are not emitted alone
             for binding in block.bindings:
                 if isinstance(binding.value, relax.Call):
                     rewriter.bias_of(binding.value)
         new_func = rewriter.visit_expr(func)
+        for key in rewriter.kernels if shapes is not None else ():
+            if key not in shapes:  # type: ignore[operator]
+                shapes.append(key)  # type: ignore[union-attr]
         if rewriter.count:
             # the permute_dims of a weight read in place is now unused
             rewriter.builder_.update_func(gv, relax.analysis.remove_all_unused(new_func))
@@ -195,10 +217,13 @@ def rewrite_f32_gemms(mod: tvm.IRModule, target: tvm.target.Target, *, min_macs:
 
 
 def f32_gemm_pass(target: tvm.target.Target, *, min_macs: int = MIN_MACS) -> tvm.transform.Pass:
-    """:func:`rewrite_f32_gemms` as a module pass for the LLVM CPU pipeline (before legalisation)."""
+    """:func:`rewrite_f32_gemms` as a module pass for the LLVM CPU pipeline (before legalisation), with the
+    knobs of the tuning database active when it runs (``banana compile --tuning-db``; none: defaults)."""
 
     @tvm.transform.module_pass(opt_level=0, name="banana.f32_gemm")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return rewrite_f32_gemms(mod, target, min_macs=min_macs)
+        from banana.tuning.apply import active_gemm_knobs
+
+        return rewrite_f32_gemms(mod, target, min_macs=min_macs, knobs=active_gemm_knobs())
 
     return _pass
