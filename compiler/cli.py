@@ -115,7 +115,29 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         best = f"{t.best_ms:.4f} ms" if t.best_ms is not None else "-"
         print(f"  {t.name[:60]:60} x{t.weight:<2} {t.trials_in_db:4}/{t.trials_planned:<4} best {best}")
     print(f"  untuned (default rules): {len(report.untuned_tasks)} tasks")
+    for k in report.knobs:  # banana's own kernels: knob search, best vs the default knobs
+        timing = (f"default {k.default_ms:.4f} ms, best {k.best_ms:.4f} ms" if k.default_ms is not None
+                  and k.best_ms is not None else "not measured")
+        chosen = "default" if not k.best else ",".join(f"{n}={v}" for n, v in sorted(k.best.items()))
+        print(f"  {k.kind} knobs {_spec_label(k.key)[:48]:48} {k.measured_total:3} candidates "
+              f"({k.measured_now} measured now, {k.rejected} rejected), "
+              f"{timing}, kept {chosen}")
     return 0
+
+
+def _spec_label(key: str) -> str:
+    """A knob store key (kind + canonical JSON spec) as ``name=value`` pairs of its spec's numbers."""
+    import json
+
+    try:
+        spec = json.loads(key.split(":", 1)[1]) if ":" in key else json.loads(key)
+    except ValueError:
+        return key
+    if not isinstance(spec, dict):
+        return key
+    first = ("m", "n", "k", "q_len", "kv_len", "q_heads", "kv_heads", "head_dim")
+    names = [n for n in first if n in spec] + sorted(n for n in spec if n not in first)
+    return " ".join(f"{n}={spec[n]}" for n in names if isinstance(spec[n], int) and not isinstance(spec[n], bool))
 
 
 def _print_verify(report: object) -> None:

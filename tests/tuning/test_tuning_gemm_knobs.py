@@ -14,6 +14,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm.target import codegen
 
+from banana.compiler.cli import main
 from banana.kernels.f32_gemm import f32_gemm_primfunc, outer_tile_fits
 from banana.tuning import gemm_knobs as gemm_mod
 from banana.tuning import knobs as knobs_mod
@@ -87,7 +88,8 @@ def _built_gemm_knobs(model: Path, db: Path) -> tuple[dict[str, Any], list[str]]
     return ast.literal_eval(str(func.attrs["banana.knobs"])), applied.tuned
 
 
-def test_tune_rejects_wrong_gemm_knobs_resumes_and_compile_applies_them(tmp_path: Path, monkeypatch: Any) -> None:
+def test_tune_rejects_wrong_gemm_knobs_resumes_and_compile_applies_them(tmp_path: Path, monkeypatch: Any,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from banana.compiler.pipeline import compile_model
     from banana.tuning.tune import tune_model
 
@@ -119,6 +121,10 @@ def test_tune_rejects_wrong_gemm_knobs_resumes_and_compile_applies_them(tmp_path
     monkeypatch.setattr(knobs_mod, "_time", lambda *a: timed.append(a) or (1.0, ""))
     again = tune_model(model, backend="host", trials=4, db_root=db, runner="local")
     assert again.knobs[0].measured_now == 0 and not timed  # resumed: nothing re-measured
+    capsys.readouterr()
+    assert main(["tune", str(model), "--backend", "host", "--trials", "4", "--db", str(db)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "f32_gemm knobs" in x]  # the CLI names the kernel
+    assert f"m={SPEC.m} n={SPEC.n} k={SPEC.k}" in line and "4 candidates (0 measured now" in line, line
     monkeypatch.setattr(gemm_mod, "gemm_module", real_module)
 
     # force a verified non-default winner so the checks below can tell stored from default knobs
