@@ -55,12 +55,22 @@ class VerifyReport:
             )
 
 
-def random_inputs(specs: Sequence[TensorSpec], seed: int) -> list[np.ndarray]:
+#: the multi-step QDQ export's step input (:data:`banana.compiler.quantize.qdq.STEP_INPUT`; not imported:
+#: that module imports torch)
+STEP_INPUT = "step"
+
+
+def random_inputs(specs: Sequence[TensorSpec], seed: int, *, steps: int | None = None) -> list[np.ndarray]:
+    """Seeded inputs for ``specs``; an integer scalar named ``step`` (banana's multi-step QDQ export,
+    :data:`banana.compiler.quantize.qdq.STEP_INPUT`) indexes per-step scale tables, so it gets a
+    valid step: one in ``[0, steps)`` when the step count is known, else 0 (valid for every model)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
         dtype = np.dtype(spec.dtype)
-        if np.issubdtype(dtype, np.floating):
+        if spec.name == STEP_INPUT and spec.shape == () and np.issubdtype(dtype, np.integer):
+            arrays.append(np.array(rng.integers(0, steps) if steps else 0, dtype))
+        elif np.issubdtype(dtype, np.floating):
             arrays.append(rng.standard_normal(spec.shape).astype(dtype))
         elif dtype == np.bool_:
             arrays.append(rng.integers(0, 2, spec.shape).astype(dtype))

@@ -20,6 +20,13 @@ parameter ``epi`` per layer (:class:`EpilogueLayout`) beside them in the weights
 artifact holds no float copy of a quantized weight. Every other ``R.quantize`` in the graph gets
 the same ONNX-exact rounding. ``taps=True`` makes ``main`` also return every region's integer
 tensors (A, acc, requantized output) so verification can compare them bit for bit.
+
+Per-step scales (a region with ``act_table``/``requant_table``, banana's multi-step export):
+``main`` keeps the model's int64 scalar ``step`` input; each per-step constant -- the quantize's
+``[scale, zp]`` and the packed ``epi`` (every field folds an activation or output scale) -- is
+stored with a leading step axis and its row is selected by ``R.take(table, step, axis=0)`` before
+the kernel, so the kernels are the ones of a constant-scale build (and are deduplicated the same
+way). A step outside ``[0, S)`` fails at run time with a VM error (:func:`_checked_step`).
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ class IntegerLowering:
     layers: list[LayerRecord] = field(default_factory=list)
     taps: list[TapSpec] = field(default_factory=list)
     constants: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # region -> its weights-file params
+    steps: int = 0  # rows of the per-step scale tables (main's ``step`` input selects one); 0: constant scales
 
     def to_json(self) -> dict[str, Any]:
         fallbacks = [r.name for r in self.layers if r.epilogue == "float-fallback"]
@@ -114,7 +122,7 @@ def _quantize_te(x: te.Tensor, qparams: te.Tensor, dtype: str) -> te.Tensor:
     return te.compute(x.shape, body, name="quantize_onnx")
 
 
-def _im2col_te(x: te.Tensor, conv: dict[str, Any], pad_value: int) -> te.Tensor:
+def _im2col_te(x: te.Tensor, conv: dict[str, Any], pad_value: Any) -> te.Tensor:
     b, c, h, w = (int(d) for d in x.shape)
     kh, kw = conv["kernel"]
     sh, sw = conv["strides"]
@@ -127,9 +135,15 @@ def _im2col_te(x: te.Tensor, conv: dict[str, Any], pad_value: int) -> te.Tensor:
         ci, r2 = kk // (kh * kw), kk % (kh * kw)
         y, xx = oy * sh - pt + r2 // kw, ox * sw - pl + r2 % kw
         inside = tvm.tirx.all(y >= 0, y < h, xx >= 0, xx < w)
-        return tvm.tirx.if_then_else(inside, x[bi, ci, y, xx], tvm.tirx.const(pad_value, x.dtype))
+        pad = tvm.tirx.const(pad_value, x.dtype) if isinstance(pad_value, int) else pad_value(x.dtype)
+        return tvm.tirx.if_then_else(inside, x[bi, ci, y, xx], pad)
 
     return te.compute((b * oh * ow, c * kh * kw), body, name="im2col")
+
+
+def _im2col_qparams_te(x: te.Tensor, qparams: te.Tensor, conv: dict[str, Any]) -> te.Tensor:
+    """im2col padded with the zero point read from ``qparams = [scale, zp]`` (per-step zero points)."""
+    return _im2col_te(x, conv, lambda dtype: qparams[1].astype(dtype))
 
 
 def _rebias_te(a: te.Tensor, dtype: str) -> te.Tensor:
@@ -295,10 +309,22 @@ def region_constants(region: Region) -> dict[str, np.ndarray]:
 def stored_constants(region: Region, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the weights file holds for a region: ``w`` and, for integer activations, one packed
     ``epi`` (:class:`EpilogueLayout`); weight-only layers keep ``w``/``scale``/``bias`` (backend hooks
-    such as :mod:`.integer_adreno` read those), group-wise layers ``corr``/``scale``/``bias``."""
+    such as :mod:`.integer_adreno` read those), group-wise layers ``corr``/``scale``/``bias``.
+
+    A region with per-step scales stores every constant but ``w`` as a table ``[S, ...]`` (one row
+    per step, each row what :meth:`Region.at_step` would store); ``parts`` is then ignored."""
+    if region.steps:
+        rows = [stored_constants(r, region_constants(r)) for r in (region.at_step(s) for s in range(region.steps))]
+        return {k: (v if k == "w" else np.stack([row[k] for row in rows])) for k, v in rows[0].items()}
     if region.act is None or (region.k_group and region.requant is None):  # grouped: see _dequant_groups_te
         return dict(parts)
     return {"w": parts["w"], "epi": pack_epilogue({k: v for k, v in parts.items() if k != "w"})}
+
+
+def step_qparams_table(region: Region) -> np.ndarray:
+    """``[S, 2]`` float32: row ``s`` is :func:`quantize_params` of step ``s``'s activation scale and zero point."""
+    scales, zps = region.act_table
+    return np.stack([np.array([float(np.float32(s)), int(z)], np.float32) for s, z in zip(scales, zps, strict=True)])
 
 
 # -- the rewriter --------------------------------------------------------------------------------------------
@@ -347,6 +373,34 @@ class _Rewriter(relax.PyExprMutator):
                         self.uses.setdefault(v, []).append(b.var)
         self.skip: set[relax.Var] = set()
         self.requant_of: dict[relax.Var, relax.Var] = {}  # placeholder var -> its QuantizeLinear var
+        self.step: relax.Var | None = None  # main's ``step`` input (regions with per-step scales)
+        self.steps = 0  # rows of every per-step table
+        self.checked_step: relax.Var | None = None
+        self.step_qparams: dict[int, relax.Var] = {}
+
+    def _row(self, table: relax.Expr) -> relax.Var:
+        """Row ``step`` of a per-step table (leading axis): what the kernel gets instead of a constant."""
+        if self.checked_step is None:  # once, before the first row is read: see _checked_step
+            gvar = self.builder_.add_func(_checked_step(self.steps, str(self.step.ty.dtype)), "banana_step_check")
+            check = relax.call_tir(gvar, [self.step], relax.TensorType([], str(self.step.ty.dtype)))
+            self.checked_step = self.builder_.emit_output(check, "step_checked")
+        # "clip" after the check: the same row, and no out-of-bounds read should the check ever be bypassed
+        return self.builder_.emit(relax.op.take(table, self.checked_step, axis=0, mode="clip"))
+
+    def _region_params(self, region: Region) -> dict[str, relax.Expr]:
+        """The region's parameters as its kernels read them: per-step tables reduced to this step's row."""
+        p = self.params[region.index]
+        if not region.steps:
+            return p
+        return {k: (v if k == "w" else self._row(v)) for k, v in p.items()}
+
+    def _qparams(self, region: Region) -> relax.Expr:
+        sa, zp, _ = region.act
+        if region.act_table is None:
+            return quantize_params(sa, zp)
+        if region.index not in self.step_qparams:  # one row per region (quantize and a Conv's im2col share it)
+            self.step_qparams[region.index] = self._row(relax.const(step_qparams_table(region)))
+        return self.step_qparams[region.index]
 
     # placeholder matmul/conv2d: which region (by its weight parameter)
     def _region(self, value: relax.Expr) -> Region | None:
@@ -377,14 +431,20 @@ class _Rewriter(relax.PyExprMutator):
         if _is_op(src, "relax.dequantize") and str(src.args[0].ty.dtype) == dtype:
             q = src.args[0]
             upstream = self.bound.get(q) if isinstance(q, relax.Var) else None
-            if _is_op(upstream, "relax.quantize") and str(upstream.args[0].ty.dtype) == "float32" \
-                    and q not in self.skip:  # a requantized region output has no float source
-                self._tap(region, "x", self.visit_expr(upstream.args[0]))
-            qv = self.visit_expr(q)
+            from_float = _is_op(upstream, "relax.quantize") and str(upstream.args[0].ty.dtype) == "float32" \
+                and q not in self.skip  # a requantized region output has no float source
+            if from_float:
+                x = self.visit_expr(upstream.args[0])
+                self._tap(region, "x", x)
+            if from_float and region.act_table is not None:  # a gathered-scale pair the matcher kept: quantize
+                qv = self.builder_.emit_te(_quantize_te, x, self._qparams(region), dtype,  # here, ONNX rounding
+                                           primfunc_name_hint="quantize_onnx")
+            else:
+                qv = self.visit_expr(q)
         else:
             x = self.visit_expr(arg)
             self._tap(region, "x", x)
-            qv = self.builder_.emit_te(_quantize_te, x, quantize_params(sa, zp), dtype,
+            qv = self.builder_.emit_te(_quantize_te, x, self._qparams(region), dtype,
                                        primfunc_name_hint="quantize_onnx")
         self._tap(region, "q", qv)
         return qv
@@ -434,7 +494,7 @@ class _Rewriter(relax.PyExprMutator):
                                      primfunc_name_hint="quantize_onnx")
 
     def _lower(self, region: Region, var: relax.Var, value: relax.Call) -> None:
-        p = self.params[region.index]
+        p = self._region_params(region)
         out_shape = [int(d) for d in var.ty.shape.values]
         bias = p.get("bias")
         if region.act is None:  # weight-only: float activation
@@ -469,8 +529,12 @@ class _Rewriter(relax.PyExprMutator):
                                             "weight_only.rows", "weight-only", m, region.n, region.k, region.k_group))
             return
         a = self._quantized_input(region, value.args[0])
-        if region.conv is not None:
+        if region.conv is not None and region.act_table is not None and len(set(region.act_table[1].tolist())) > 1:
+            a2 = self.builder_.emit_te(_im2col_qparams_te, a, self._qparams(region), region.conv,
+                                       primfunc_name_hint="im2col")  # per-step zero point: the padding too
+        elif region.conv is not None:
             a2 = self.builder_.emit_te(_im2col_te, a, region.conv, region.act[1], primfunc_name_hint="im2col")
+        if region.conv is not None:
             b, _, oh, ow = out_shape
             m = b * oh * ow
         else:
@@ -526,6 +590,56 @@ class _Rewriter(relax.PyExprMutator):
                 self.skip.add(users[0])
 
 
+def _checked_step(steps: int, dtype: str) -> tvm.tirx.PrimFunc:
+    """``step`` unchanged, after a run-time check that it indexes the per-step tables (``0 <= step < steps``).
+
+    Why: ``R.take`` reads out of bounds without a check (its "fast" mode; "clip"/"wrap" would run a
+    wrong step's scales silently), whereas the ONNX ``Gather`` fails. Not a TIR ``assert``: the
+    lean build compiles with ``tirx.disable_assert`` (:mod:`banana.targets.backends.host`), which
+    drops asserts; the error is raised the way an assert's lowering raises it (set the FFI error,
+    return -1), so the VM call fails with this message.
+    """
+    from tvm.script import tirx as T
+
+    message = f"banana: input 'step' is out of range: this model has per-step scales for steps 0..{steps - 1}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def check(a: T.Buffer((), dtype), b: T.Buffer((), dtype)) -> None:
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        with T.sblock("root"):
+            T.reads()
+            T.writes()
+            if a[()] < 0 or a[()] >= steps:
+                T.evaluate(T.call_extern("void", "TVMFFIErrorSetRaisedFromCStr", "ValueError", message))
+                T.evaluate(T.tvm_throw_last_error())
+            b[()] = a[()]
+
+    return check
+
+
+def _step_input(func: relax.Function, n_inputs: int, regions: Sequence[Region]) -> relax.Var | None:
+    """main's int64 scalar input that selects the per-step scales (None when no region has tables)."""
+    stepped = [r for r in regions if r.steps]
+    if not stepped:
+        return None
+    from banana.compiler.errors import UnsupportedOpError
+
+    names = {r.step_input for r in stepped}
+    counts = {r.steps for r in stepped}
+    if len(names) != 1 or len(counts) != 1:
+        raise UnsupportedOpError(f"quantized layer '{stepped[0].node}': per-step scales are selected by inputs "
+                                 f"{sorted(map(str, names))} with {sorted(counts)} steps; one step input expected")
+    name = names.pop()
+    for p in func.params[:n_inputs]:
+        if p.name == name:
+            ty = p.ty
+            if not isinstance(ty, relax.TensorType) or str(ty.dtype) not in ("int64", "int32") or ty.ndim != 0:
+                raise UnsupportedOpError(f"quantized layer '{stepped[0].node}': step input '{name}' is {ty}, "
+                                         "an int64 scalar expected")
+            return p
+    raise UnsupportedOpError(f"quantized layer '{stepped[0].node}': its step input '{name}' is not an input of main")
+
+
 def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weights: Sequence[np.ndarray],
                           regions: Sequence[Region], target: tvm.target.Target | dict[str, Any], *,
                           skipped: Sequence[Skipped] = (), taps: bool = False,
@@ -560,6 +674,8 @@ def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weight
             param_vars[region.index][key] = v
             new_params.append(v)
     rewriter = _Rewriter(mod, func, by_name, param_vars, target, taps, weight_only, layouts)
+    rewriter.step = _step_input(func, n_inputs, regions)
+    rewriter.steps = max((r.steps for r in regions), default=0)
     rewriter.plan_requant()
     new_func = rewriter.visit_expr(func)
     keep = [i for i, name in enumerate(names) if not name.startswith(PLACEHOLDER_PREFIX)]
@@ -591,4 +707,4 @@ def lower_integer_regions(mod: tvm.IRModule, weight_names: Sequence[str], weight
     for r in rewriter.records:
         logger.info("integer layer %s: %s, w %s a %s, %s epilogue", r.name, r.kernel, r.weight, r.act, r.epilogue)
     return IntegerLowering(mod=new_mod, weight_names=out_names, weights=out_values, layers=records, taps=tap_specs,
-                           constants=constants)
+                           constants=constants, steps=rewriter.steps)

@@ -23,6 +23,14 @@ Recognised (as exporters emit them):
 - an output ``QuantizeLinear`` consuming the region (onnxruntime's QDQ form): the region then
   requantizes in integer arithmetic and the next layer takes its integer output directly;
 - weight-only: a float activation into a ``DQ(weight)`` layer.
+
+Per-step scales (banana's multi-step export, :mod:`banana.compiler.quantize.qdq`): an activation
+or output scale / zero point may be ``Gather(constant table [S], step)`` with ``step`` an int64
+scalar graph input; the region then records the tables (``act_table``/``requant_table``) and the
+Relax pass selects the step's row at run time. A ``Gather`` with a constant index is a constant.
+Such a stepped activation's ``Q -> DQ`` pair is bypassed (the placeholder reads the float tensor
+and the region quantizes it with the step's scale), so no gathered-scale ``quantize`` has to be
+lowered by TVM, whose legaliser rounds half away from zero.
 """
 
 from __future__ import annotations
@@ -68,6 +76,29 @@ class Region:
     requant: tuple[float, int, str] | None = None
     conv: dict[str, Any] | None = None  # kernel, strides, pads for Conv
     output: str = ""  # the ONNX tensor the placeholder produces
+    # per-step tables (scale float32 [S], zero point int64 [S]) when the scales are gathered by ``step``;
+    # ``act``/``requant`` then hold step 0's values (dtype, shapes and checks are the same for every step)
+    act_table: tuple[np.ndarray, np.ndarray] | None = None
+    requant_table: tuple[np.ndarray, np.ndarray] | None = None
+    step_input: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of per-step rows (0: constant scales)."""
+        tables = [t for t in (self.act_table, self.requant_table) if t is not None]
+        return int(tables[0][0].shape[0]) if tables else 0
+
+    def at_step(self, step: int) -> Region:
+        """This region with step ``step``'s constant scales (what a ``model.step{i}`` graph would give)."""
+        import dataclasses
+
+        act, requant = self.act, self.requant
+        if self.act_table is not None and act is not None:
+            act = (float(self.act_table[0][step]), int(self.act_table[1][step]), act[2])
+        if self.requant_table is not None and requant is not None:
+            requant = (float(self.requant_table[0][step]), int(self.requant_table[1][step]), requant[2])
+        return dataclasses.replace(self, act=act, requant=requant, act_table=None, requant_table=None,
+                                   step_input=None)
 
     @property
     def placeholder(self) -> str:
@@ -104,9 +135,11 @@ class _Graph:
             for i in node.input:
                 self.consumers.setdefault(i, []).append(node)
         self.outputs = {o.name for o in model.graph.output}
+        inits = {t.name for t in model.graph.initializer}
+        self.graph_inputs = {i.name: i for i in model.graph.input if i.name not in inits}
 
     def const(self, name: str) -> np.ndarray | None:
-        """Value of an initializer or a Constant node's output."""
+        """Value of an initializer, a Constant node's output, or a Gather of those by a constant index."""
         if name in self.inits:
             return _to_array(self.inits[name])
         node = self.producer.get(name)
@@ -114,9 +147,34 @@ class _Graph:
             for a in node.attribute:
                 if a.name == "value":
                     return _to_array(a.t)
+        if node is not None and node.op_type == "Gather" and node.input[0] != name:
+            data, index = self.const(node.input[0]), self.const(node.input[1])
+            if data is not None and index is not None and np.issubdtype(index.dtype, np.integer):
+                try:
+                    return np.take(data, index, axis=int(_attrs(node).get("axis", 0)))
+                except IndexError:
+                    raise NotInteger(f"'{name}': Gather index {index.tolist()} is out of range") from None
         return None
 
+    def step_table(self, name: str) -> tuple[np.ndarray, str] | None:
+        """``(table [S], step input name)`` when ``name`` is ``Gather(constant 1-D table, scalar graph input)``."""
+        node = self.producer.get(name)
+        if node is None or node.op_type != "Gather" or int(_attrs(node).get("axis", 0)) != 0:
+            return None
+        table = self.const(node.input[0])
+        index = node.input[1]
+        if table is None or table.ndim != 1 or index not in self.graph_inputs:
+            return None
+        info = self.graph_inputs[index]
+        dims = info.type.tensor_type.shape.dim
+        if info.type.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.INT32) or len(dims) != 0:
+            raise NotInteger(f"'{name}' is gathered by input '{index}', which is not an int64 scalar")
+        return table, index
+
     def dtype(self, name: str) -> int | None:
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Gather":  # a table row: the table's type
+            return self.dtype(node.input[0])
         if name in self.inits:
             return self.inits[name].data_type
         node = self.producer.get(name)
@@ -146,20 +204,49 @@ def _scalar(g: _Graph, name: str, what: str) -> float | int:
     return v.reshape(-1)[0].item()
 
 
-def _activation(g: _Graph, name: str) -> tuple[str, tuple[float, int, str]] | None:
-    """``(quantized tensor name, (scale, zp, dtype))`` when ``name`` is a per-tensor DQ output, else None."""
+def _scalar_or_table(g: _Graph, name: str, what: str) -> tuple[float | int, np.ndarray | None, str | None]:
+    """``(step 0 value, per-step table or None, step input or None)`` of a per-tensor scale or zero point."""
+    found = g.step_table(name)
+    if found is not None:
+        table, step = found
+        if table.size == 0:
+            raise NotInteger(f"{what} '{name}' is gathered from an empty table")
+        return table[0].item(), table, step
+    return _scalar(g, name, what), None, None
+
+
+def _qparams(g: _Graph, node: onnx.NodeProto, what: str
+             ) -> tuple[tuple[float, int, str], tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """``((scale, zp, dtype), tables or None, step input)`` of a per-tensor Q/DQ node (step 0's values)."""
+    scale, s_table, s_step = _scalar_or_table(g, node.input[1], f"{what} scale")
+    if len(node.input) > 2 and node.input[2]:
+        zp, z_table, z_step = _scalar_or_table(g, node.input[2], f"{what} zero point")
+        dtype = _ACT_DTYPES.get(g.dtype(node.input[2]) or -1)
+        if dtype is None:  # zero point is a computed tensor: dtype unknown here
+            raise NotInteger(f"{what} zero point '{node.input[2]}' has an unsupported type")
+    else:
+        zp, z_table, z_step, dtype = 0, None, None, "uint8"
+    if s_table is None and z_table is None:
+        return (float(np.float32(scale)), int(zp), dtype), None, None
+    if s_step is not None and z_step is not None and s_step != z_step:
+        raise NotInteger(f"{what} scale and zero point are gathered by different inputs ('{s_step}', '{z_step}')")
+    steps = int((s_table if s_table is not None else z_table).shape[0])
+    st = s_table.astype(np.float32) if s_table is not None else np.full(steps, scale, np.float32)
+    zt = z_table.astype(np.int64) if z_table is not None else np.full(steps, int(zp), np.int64)
+    if st.shape != (steps,) or zt.shape != (steps,):
+        raise NotInteger(f"{what} scale table {st.shape} and zero point table {zt.shape} differ in length")
+    return (float(st[0]), int(zt[0]), dtype), (st, zt), s_step or z_step
+
+
+def _activation(g: _Graph, name: str
+                ) -> tuple[str, tuple[float, int, str], tuple[np.ndarray, np.ndarray] | None, str | None] | None:
+    """``(quantized tensor, (scale, zp, dtype), per-step tables, step input)`` when ``name`` is a per-tensor
+    DQ output, else None."""
     dq = g.producer.get(name)
     if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is not None:
         return None
-    scale = float(np.float32(_scalar(g, dq.input[1], "activation scale")))
-    if len(dq.input) > 2 and dq.input[2]:
-        zp = int(_scalar(g, dq.input[2], "activation zero point"))
-        dtype = _ACT_DTYPES.get(g.dtype(dq.input[2]) or -1)
-        if dtype is None:  # zero point is a computed tensor: dtype unknown here
-            raise NotInteger(f"activation zero point '{dq.input[2]}' has an unsupported type")
-    else:
-        zp, dtype = 0, "uint8"
-    return dq.input[0], (scale, zp, dtype)
+    params, tables, step = _qparams(g, dq, "activation")
+    return dq.input[0], params, tables, step
 
 
 def _weight_dq(g: _Graph, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
@@ -276,10 +363,12 @@ def _match_node(g: _Graph, node: onnx.NodeProto, index: int) -> tuple[Region, li
         from banana.kernels.int_gemm import max_exact_k
 
         w_bits = 4 if w.size and int(w.min()) >= -8 and int(w.max()) <= 7 else 8
-        limit = max_exact_k(act[1][2], w_bits, zero_point=act[1][1])
-        if (k_group or k) > limit:
-            raise NotInteger(f"{act[1][2]} activations (zero point {act[1][1]}) x int{w_bits} weights summed over "
-                             f"k={k_group or k} can overflow int32 (at most {limit} in the worst case)")
+        zps = sorted({int(z) for z in act[2][1]}) if act[2] is not None else [act[1][1]]
+        for zp_a in zps:  # every step's zero point
+            limit = max_exact_k(act[1][2], w_bits, zero_point=zp_a)
+            if (k_group or k) > limit:
+                raise NotInteger(f"{act[1][2]} activations (zero point {zp_a}) x int{w_bits} weights summed over "
+                                 f"k={k_group or k} can overflow int32 (at most {limit} in the worst case)")
     bias = None
     absorbed: list[onnx.NodeProto] = []
     if op in ("Gemm", "Conv") and len(node.input) > 2 and node.input[2]:
@@ -296,19 +385,29 @@ def _match_node(g: _Graph, node: onnx.NodeProto, index: int) -> tuple[Region, li
     if bias is not None and bias.size != n:
         raise NotInteger(f"bias of {bias.size} values for {n} output channels")
     requant = None
+    requant_table = None
+    step_input = act[3] if act is not None else None
     user = g.single_consumer(out)
     if act is not None and k_group == 0 and user is not None and user.op_type == "QuantizeLinear" \
             and _attrs(user).get("axis", 1) in (0, 1):
         try:
-            so = float(np.float32(_scalar(g, user.input[1], "output scale")))
-            zo = int(_scalar(g, user.input[2], "output zero point")) if len(user.input) > 2 else 0
-            dtype = _ACT_DTYPES.get(g.dtype(user.input[2]) or -1, None) if len(user.input) > 2 else "uint8"
+            params, tables, q_step = _qparams(g, user, "output")
         except NotInteger:
-            dtype = None
-        if dtype in ("uint8", "int8", "uint16", "int16"):
-            requant = (so, zo, dtype)
+            params, tables, q_step = None, None, None
+        steps = act[2][0].shape[0] if act[2] is not None else None
+        fits = q_step is None or step_input is None or q_step == step_input
+        if tables is not None and steps is not None and tables[0].shape[0] != steps:
+            fits = False
+        if params is not None and fits and params[2] in ("uint8", "int8", "uint16", "int16"):
+            requant, requant_table = params, tables
+            step_input = step_input or q_step
+    if step_input is not None:  # every table of a region indexes the same steps
+        n_steps = [t[0].shape[0] for t in (act[2] if act else None, requant_table) if t is not None]
+        if len(set(n_steps)) > 1:
+            raise NotInteger(f"per-step tables of different lengths {sorted(set(n_steps))}")
     region = Region(index=index, node=node.name or out, op=op, n=n, k=k, w=w, sw=sw, k_group=k_group,
-                    act=act[1] if act else None, bias=bias, requant=requant, conv=conv, output=out)
+                    act=act[1] if act else None, bias=bias, requant=requant, conv=conv, output=out,
+                    act_table=act[2] if act else None, requant_table=requant_table, step_input=step_input)
     return region, absorbed
 
 
@@ -331,6 +430,25 @@ def _placeholder(region: Region, node: onnx.NodeProto, act_input: str) -> tuple[
         new = helper.make_node("MatMul", [act_input, region.placeholder], [region.output],
                                name=f"{region.placeholder}.{node.name}")
     return new, init
+
+
+def _stepped_source(g: _Graph, dq_output: str, requantized: set[str]) -> str:
+    """The float tensor behind ``Q(x) -> DQ`` with gathered per-step scales, else ``dq_output`` itself.
+
+    Why bypass: the region quantizes ``x`` itself with the step's row of its table (the same ONNX
+    arithmetic), so the gathered-scale pair -- which TVM would legalise with its own rounding -- is
+    dead and removed. Kept when ``x`` is a requantizing region's output (the pair is then absorbed
+    by that region's integer epilogue, as with constant scales).
+    """
+    dq = g.producer.get(dq_output)
+    q = g.producer.get(dq.input[0]) if dq is not None else None
+    if q is None or q.op_type != "QuantizeLinear" or q.input[0] in requantized:
+        return dq_output
+    if len(g.consumers.get(q.output[0], [])) != 1 or q.output[0] in g.outputs:
+        return dq_output
+    if (q.input[1], q.input[2] if len(q.input) > 2 else "") != (dq.input[1], dq.input[2] if len(dq.input) > 2 else ""):
+        return dq_output  # Q and DQ disagree on their parameters: not a plain fake-quant pair
+    return q.input[0]
 
 
 def _remove_dead(model: onnx.ModelProto) -> None:
@@ -363,6 +481,7 @@ def match_integer_regions(model: onnx.ModelProto, *, allow_float_fallback: bool 
     result = IntegerMatch(model=out)
     replace: dict[int, onnx.NodeProto] = {}
     drop: set[int] = set()
+    requantized: set[str] = set()  # region outputs that requantize in integer arithmetic
     for node in out.graph.node:
         if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
             continue
@@ -379,7 +498,12 @@ def match_integer_regions(model: onnx.ModelProto, *, allow_float_fallback: bool 
         if found is None:
             continue
         region, absorbed = found
-        new, init = _placeholder(region, node, node.input[0])
+        act_input = node.input[0]
+        if region.act_table is not None:
+            act_input = _stepped_source(g, node.input[0], requantized)
+        if region.requant is not None:
+            requantized.add(region.output)
+        new, init = _placeholder(region, node, act_input)
         replace[id(node)] = new
         drop.update(id(n) for n in absorbed)
         out.graph.initializer.append(init)

@@ -95,6 +95,14 @@ def import_with_integer_regions(path: Path, shapes: dict[str, tuple[int, ...]] |
         skipped = match.skipped + [Skipped(r.node, r.op, reason) for r in match.regions]
         logger.warning("%d quantized layers fall back to float: %s", len(match.regions), reason)
         return import_onnx(path, shapes), IntegerPlan(None, skipped)
+    stepped = next((r for r in match.regions if r.steps), None)
+    if stepped is not None and backend in LOWERINGS:
+        # adreno keeps W8A8 activations as float fake-quant ops with constant scales; the matcher has
+        # already folded a gathered-scale pair into the region (integer_match._stepped_source)
+        raise UnsupportedOpError(
+            f"quantized layer '{stepped.node}' ({stepped.op}): per-step activation scales (gathered by input "
+            f"'{stepped.step_input}') are not supported on backend '{backend}'; compile one model.step{{i}}.onnx "
+            "per step instead")
     with tempfile.TemporaryDirectory(prefix="banana-int-") as tmp:
         rewritten = Path(tmp) / Path(path).name
         onnx.save_model(match.model, str(rewritten), save_as_external_data=match.model.ByteSize() > 1_500_000_000)

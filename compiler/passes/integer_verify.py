@@ -8,6 +8,8 @@ the same layer, so every step -- quantize, im2col, int32 accumulation, requantiz
 checked on its own, bit for bit. The ``a`` tap is what the GEMM kernel reads: uint16 codes
 re-biased to int16 (``q - 32768``, :func:`~banana.compiler.quantize.integer_reference.gemm_operand`),
 whose zero point ``zp - 32768`` the requantization's per-channel correction then carries.
+A model with per-step scales is checked with the scales of the step the taps were run with
+(``check_taps(..., step=s)``; :func:`onnxruntime_divergence` reads it from the feeds).
 
 :func:`onnxruntime_divergence` answers the other question -- *where* a compiled model's output
 first departs from onnxruntime's: it compares every layer's quantized activation with the codes
@@ -76,10 +78,20 @@ def _expected(region: Region, kind: str, taps: dict[str, np.ndarray]) -> np.ndar
     return None
 
 
-def check_taps(tap_values: list[np.ndarray], tap_specs: list[dict[str, Any]], regions: list[Region]) -> list[TapCheck]:
-    """Compare each integer tap with the reference computed from the layer's earlier taps."""
+def check_taps(tap_values: list[np.ndarray], tap_specs: list[dict[str, Any]], regions: list[Region],
+               step: int | None = None) -> list[TapCheck]:
+    """Compare each integer tap with the reference computed from the layer's earlier taps.
+
+    ``step``: the value of the model's ``step`` input in the run that produced the taps; regions
+    with per-step scales (multi-step QDQ export) are checked with that step's scales
+    (:meth:`Region.at_step`), exactly as the ``model.step{i}`` graph would be.
+    """
     if len(tap_values) != len(tap_specs):
         raise ValueError(f"{len(tap_values)} tap tensors for {len(tap_specs)} tap specs")
+    if any(r.steps for r in regions):
+        if step is None:
+            raise ValueError("the model has per-step scales: check_taps needs the run's step")
+        regions = [r.at_step(step) if r.steps else r for r in regions]
     by_region: dict[int, dict[str, np.ndarray]] = {}
     for spec, value in zip(tap_specs, tap_values, strict=True):
         by_region.setdefault(int(spec["layer"]), {})[spec["kind"]] = np.asarray(value)
@@ -145,6 +157,8 @@ def onnxruntime_divergence(model_path: Path, feeds: dict[str, np.ndarray], tap_v
 
     model, _ = load_onnx(Path(model_path))
     regions = match_integer_regions(model, allow_float_fallback=True).regions
+    step = feeds.get(next((r.step_input for r in regions if r.step_input), ""))
+    regions = [r.at_step(int(np.asarray(step))) if r.steps and step is not None else r for r in regions]
     taps: dict[int, dict[str, np.ndarray]] = {}
     for spec, value in zip(tap_specs, tap_values, strict=True):
         taps.setdefault(int(spec["layer"]), {})[spec["kind"]] = np.asarray(value)

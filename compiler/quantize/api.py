@@ -3,9 +3,13 @@
 One function, :func:`quantize`, used by the CLI and tests. Output directory (written atomically):
 
     model.qdq.onnx        QDQ ONNX, opset 21, per-step activation scales as a table indexed by
-                          the extra int64 input ``step`` (packed INT4, block-wise DQ)
+                          the extra int64 input ``step`` (packed INT4, block-wise DQ): what
+                          ``banana compile`` takes -- one artifact whose ``main`` takes ``step``
+                          too and selects each layer's per-step constants at run time
+                          (host/cpu/hexagon; adreno: a per-step graph)
     model.step{i}.onnx    one graph per step, constant scales, compatibility form (INT4 codes in
-                          INT8, block scales as Mul): what ``banana compile`` takes today
+                          INT8, block scales as Mul): for tools without per-step scales (and
+                          ``banana compile --backend adreno``); the same outputs, bit for bit
     model.float.onnx      the float export the QDQ graphs were rewritten from (DQAT weights)
     plan.json             every layer's precision and scales, sizes, fidelity, Pareto front
     fidelity.md, grid.png per-layer SQNR table, PSNR/SSIM per plan, float vs plans at the same seeds

@@ -29,6 +29,11 @@ accumulator moves the result by at most ``0.5 * sa * sw / so`` output steps (``s
 practice). Both errors are far below half a step, so the two ``rint``\\ s can only disagree when
 the exact value sits next to a ``.5`` boundary -- by exactly one step. A single multiply (no
 multiply-add) also keeps LLVM's FMA contraction from making compiled and numpy results differ.
+
+Per-step scales (a model whose scales are gathered by its ``step`` input): step ``s`` runs exactly
+these four steps with step ``s``'s scales and zero points
+(:meth:`banana.compiler.passes.integer_match.Region.at_step`); the compiled tables hold each
+step's constants as computed here, row by row.
 """
 
 from __future__ import annotations

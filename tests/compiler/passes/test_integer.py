@@ -298,3 +298,115 @@ def test_integer_layers_store_one_packed_epilogue(tmp_path: Path) -> None:
     assert lowering is not None
     quantize = [f for g, f in imported.mod.functions_items() if g.name_hint.startswith("quantize_onnx")]
     assert quantize and all(len(f.params) == 3 for f in quantize)  # x, [scale, zp], out
+
+
+# -- per-step activation scales (banana's multi-step export: Gather(table [S], step)) -------------------------
+
+STEP_FACTORS = ((1.0, 0), (1.3, 3), (0.8, -2))  # per step: scale factor, zero point shift
+
+
+def stepped_model(path: Path, *, step: int | None = None) -> Path:
+    """:func:`banana_form_model` with every activation scale and zero point gathered from a [3] table.
+
+    ``step=None``: gathered by an int64 scalar input ``step`` (the multi-step export); ``step=i``: by a
+    constant index ``i`` (what the matcher must fold to step ``i``'s constants). The tables scale the
+    float ranges by up to 1.3 and shift zero points, so every step quantizes differently.
+    """
+    model = onnx.load(str(banana_form_model(path.with_name(path.stem + ".base.onnx"))))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    gathers = []
+    index = "step"
+    if step is not None:
+        g.initializer.append(_init("step_const", np.array(step, np.int64)))
+        index = "step_const"
+    for i in range(4):
+        s = float(numpy_helper.to_array(inits[f"s{i}"]))
+        z = int(numpy_helper.to_array(inits[f"z{i}"]))
+        st = np.array([s * f for f, _ in STEP_FACTORS], np.float32)
+        zt = np.array([min(max(z + d, 0), 255) for _, d in STEP_FACTORS], np.uint8)
+        g.initializer.remove(inits[f"s{i}"])
+        g.initializer.remove(inits[f"z{i}"])
+        g.initializer.extend([_init(f"s{i}_table", st), _init(f"z{i}_table", zt)])
+        gathers += [helper.make_node("Gather", [f"s{i}_table", index], [f"s{i}"], axis=0, name=f"s{i}_gather"),
+                    helper.make_node("Gather", [f"z{i}_table", index], [f"z{i}"], axis=0, name=f"z{i}_gather")]
+    nodes = gathers + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    if step is None:
+        g.input.append(helper.make_tensor_value_info("step", TensorProto.INT64, []))
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_gathered_scales_become_per_step_tables_and_constant_indices_constants(tmp_path: Path) -> None:
+    stepped = match_integer_regions(onnx.load(str(stepped_model(tmp_path / "s.onnx"))))
+    fixed = match_integer_regions(onnx.load(str(stepped_model(tmp_path / "s1.onnx", step=1))))
+    assert [r.steps for r in stepped.regions] == [3, 3, 3, 3] and [r.steps for r in fixed.regions] == [0] * 4
+    assert {r.step_input for r in stepped.regions} == {"step"}
+    gemm = stepped.regions[2]
+    assert gemm.node == "gemm" and gemm.requant_table is not None  # the output scale is a table too
+    for r, f in zip(stepped.regions, fixed.regions, strict=True):
+        one = r.at_step(1)
+        assert (one.act, one.requant) == (f.act, f.requant) and one.steps == 0
+    # the gathered-scale Q/DQ pairs in front of the regions are gone (the regions quantize), except
+    # the one behind the requantizing Gemm, which its integer epilogue absorbs
+    ops = [n.op_type for n in stepped.model.graph.node]
+    assert ops.count("QuantizeLinear") == 1 and "step" in [i.name for i in stepped.model.graph.input]
+
+
+def test_per_step_scales_compile_to_one_model_bit_exact_per_step(tmp_path: Path) -> None:
+    """One artifact with a ``step`` input: per step, taps bit-exact against the reference with that step's
+    scales, output within one step of onnxruntime, and equal bit for bit to the constant-scale build."""
+    path = stepped_model(tmp_path / "s.onnx")
+    result = compile_model(path, backend="host", out=tmp_path / "art", integer_taps=True)
+    artifact = Artifact.open(tmp_path / "art")
+    assert [s.name for s in artifact.inputs] == ["x", "step"] and artifact.inputs[1].dtype == "int64"
+    epi = dict(zip(result.manifest["weights"]["names"], artifact.load_weights(), strict=True))["banana_int_0_epi"]
+    assert epi.shape[0] == len(STEP_FACTORS)  # one row of epilogue constants per step
+    regions = reference_regions(path)
+    x = np.random.default_rng(7).standard_normal(artifact.inputs[0].shape).astype(np.float32)
+    outputs = {}
+    for step in range(len(STEP_FACTORS)):
+        inputs = [x, np.array(step, np.int64)]
+        got = get_backend("host").run(artifact, inputs)
+        want = onnxruntime_outputs(path, artifact.inputs, inputs)[0]
+        assert np.abs(got[0] - want).max() <= (want.max() - want.min()) / 255 + 1e-6, step
+        checks = check_taps(got[1:], result.manifest["integer"]["taps"], regions, step=step)
+        assert len(checks) >= 10 and all(c.ok for c in checks), (step, [c for c in checks if not c.ok])
+        outputs[step] = got[0]
+    assert not np.array_equal(outputs[0], outputs[1])  # the step does select different scales
+    with pytest.raises(ValueError, match="needs the run's step"):
+        check_taps(got[1:], result.manifest["integer"]["taps"], regions)
+    for step in (0, 2):  # the same arithmetic as a constant-scale build of that step: the same bits
+        fixed = stepped_model(tmp_path / f"s{step}.onnx", step=step)
+        compile_model(fixed, backend="host", out=tmp_path / f"art{step}")
+        (y,) = get_backend("host").run(Artifact.open(tmp_path / f"art{step}"), [x])
+        assert np.array_equal(y, outputs[step]), step
+
+
+def test_step_out_of_range_is_a_run_time_error(tmp_path: Path) -> None:
+    path = stepped_model(tmp_path / "s.onnx")
+    compile_model(path, backend="host", out=tmp_path / "art")
+    artifact = Artifact.open(tmp_path / "art")
+    x = np.zeros(artifact.inputs[0].shape, np.float32)
+    for bad in (len(STEP_FACTORS), -1):
+        with pytest.raises(Exception, match="'step' is out of range.*steps 0..2"):
+            get_backend("host").run(artifact, [x, np.array(bad, np.int64)])
+
+
+def test_per_step_scales_on_adreno_name_the_layer(tmp_path: Path) -> None:
+    from banana.compiler.passes.integer_stage import import_with_integer_regions
+
+    with pytest.raises(UnsupportedOpError, match="quantized layer 'conv'.*per-step.*'adreno'"):
+        import_with_integer_regions(stepped_model(tmp_path / "s.onnx"), None, "adreno")
+
+
+@pytest.mark.slow
+def test_per_step_scales_compile_for_hexagon(tmp_path: Path) -> None:
+    """Same lowering on Hexagon (HVX integer kernels; the whole model cannot run on this machine)."""
+    result = compile_model(stepped_model(tmp_path / "s.onnx"), backend="hexagon", soc="SM8650", out=tmp_path / "art")
+    layers = result.manifest["integer"]["layers"]
+    assert len(layers) == 4 and all(r["kernel"].startswith("int_gemm_hexagon") for r in layers)
+    assert "TVMFFIErrorSetRaisedFromCStr" in (tmp_path / "art" / result.manifest["build"]["assembly"]).read_text()
