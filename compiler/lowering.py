@@ -43,13 +43,16 @@ def llvm_pre_schedule_passes(target: tvm.target.Target, *,
 
 def llvm_default_rules() -> list[Any]:
     """The schedule rules for kernels without a tuning record, in order (the build and the tuner's
-    default-schedule records, banana.tuning.baseline, use this one list). Injective: the
-    elementwise/broadcast/transpose kernels the stock CPU rules leave serial."""
+    default-schedule records, banana.tuning.baseline, use this one list). RowReduction (before
+    dlight's Reduction, which keeps what it declines): layer/RMS norm and softmax rows with vector
+    partial sums and a vectorised epilogue. Injective: the elementwise/broadcast/transpose kernels
+    the stock CPU rules leave serial."""
     from tvm.s_tir import dlight
 
     from banana.compiler.passes.cpu_default_schedule import Injective
+    from banana.compiler.passes.cpu_reduction_schedule import RowReduction
 
-    return [dlight.cpu.GEMV(), dlight.cpu.Reduction(), Injective()]
+    return [dlight.cpu.GEMV(), RowReduction(), dlight.cpu.Reduction(), Injective()]
 
 
 def llvm_pipeline(target: tvm.target.Target, *, gemm_kernels: bool = GEMM_KERNELS) -> tvm.transform.Pass:
