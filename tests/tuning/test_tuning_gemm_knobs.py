@@ -17,7 +17,6 @@ from tvm.target import codegen
 from banana.compiler.cli import main
 from banana.kernels.f32_gemm import f32_gemm_primfunc, outer_tile_fits
 from banana.tuning import gemm_knobs as gemm_mod
-from banana.tuning import knobs as knobs_mod
 from banana.tuning.gemm_knobs import (
     MAX_GEMM_CANDIDATES,
     GemmKnobs,
@@ -26,7 +25,7 @@ from banana.tuning.gemm_knobs import (
     gemm_candidates,
     gemm_module,
 )
-from banana.tuning.knobs import KNOBS_FILE
+from tests.tuning.knob_tuning import tune_rejects_one_and_resumes
 
 HOST = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
 AVX2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
@@ -91,7 +90,6 @@ def _built_gemm_knobs(model: Path, db: Path) -> tuple[dict[str, Any], list[str]]
 def test_tune_rejects_wrong_gemm_knobs_resumes_and_compile_applies_them(tmp_path: Path, monkeypatch: Any,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from banana.compiler.pipeline import compile_model
-    from banana.tuning.tune import tune_model
 
     model = _mlp(tmp_path / "mlp.onnx")
     db = tmp_path / "db"
@@ -105,22 +103,10 @@ def test_tune_rejects_wrong_gemm_knobs_resumes_and_compile_applies_them(tmp_path
         return real_module(spec, target, knobs)
 
     monkeypatch.setattr(gemm_mod, "gemm_module", broken_for_one_knob)
-    report = tune_model(model, backend="host", trials=4, db_root=db, runner="local")
-    (kernel,) = report.knobs
-    assert kernel.kind == "f32_gemm" and kernel.measured_now == 4 and kernel.rejected == 1 and wrong
-    assert kernel.default_ms is not None and kernel.best_ms is not None and kernel.best_ms <= kernel.default_ms
-    store_path = next(db.glob(f"*/host/{KNOBS_FILE}"))
-    (entry,) = json.loads(store_path.read_text())["kernels"].values()
+    kernel, entry, store_path = tune_rejects_one_and_resumes(model, db, wrong, monkeypatch)
+    assert kernel.kind == "f32_gemm"
     assert entry["kernel"] == "f32_gemm" and entry["spec"] == SPEC.to_json()
     assert len(entry["measured"]) == 4 and entry["measured"][0]["knobs"] == default_gemm_knobs(SPEC, HOST).to_json()
-    rejected = [m for m in entry["measured"] if not m["ok"]]
-    assert [m["knobs"] for m in rejected] == [wrong[0].to_json()] and "error" in rejected[0]["reason"]
-    assert entry["best"] != wrong[0].to_json()
-
-    timed: list[Any] = []
-    monkeypatch.setattr(knobs_mod, "_time", lambda *a: timed.append(a) or (1.0, ""))
-    again = tune_model(model, backend="host", trials=4, db_root=db, runner="local")
-    assert again.knobs[0].measured_now == 0 and not timed  # resumed: nothing re-measured
     capsys.readouterr()
     assert main(["tune", str(model), "--backend", "host", "--trials", "4", "--db", str(db)]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "f32_gemm knobs" in x]  # the CLI names the kernel

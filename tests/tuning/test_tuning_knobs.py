@@ -22,6 +22,7 @@ from banana.tuning.knobs import (
     store_key,
 )
 from tests.compiler.passes.test_attention_fusion import _onnx_attention
+from tests.tuning.knob_tuning import tune_rejects_one_and_resumes
 
 SPEC = AttentionSpec(batch=1, q_heads=4, kv_heads=2, q_len=64, kv_len=64, head_dim=16, scale=0.25)
 
@@ -69,7 +70,6 @@ def test_version_1_attention_store_is_read_and_migrated(tmp_path: Path) -> None:
 
 def test_tune_rejects_wrong_knobs_resumes_and_compile_uses_stored_knobs(tmp_path: Path, monkeypatch: Any) -> None:
     from banana.compiler.pipeline import compile_model
-    from banana.tuning.tune import tune_model
 
     model = _onnx_attention(tmp_path, repeat="expand", lq=64, lkv=64, name="gqa")
     db = tmp_path / "db"
@@ -83,20 +83,7 @@ def test_tune_rejects_wrong_knobs_resumes_and_compile_uses_stored_knobs(tmp_path
         return real_kernel(spec, cores, knobs)
 
     monkeypatch.setattr(knobs_mod, "cpu_kernel", broken_for_one_knob)
-    report = tune_model(model, backend="host", trials=4, db_root=db, runner="local")
-    (kernel,) = report.knobs
-    assert kernel.measured_now == 4 and kernel.rejected == 1 and wrong
-    assert kernel.default_ms is not None and kernel.best_ms is not None and kernel.best_ms <= kernel.default_ms
-    store_path = next(db.glob(f"*/host/{KNOBS_FILE}"))
-    (entry,) = json.loads(store_path.read_text())["kernels"].values()
-    rejected = [m for m in entry["measured"] if not m["ok"]]
-    assert [m["knobs"] for m in rejected] == [wrong[0].to_json()] and "error" in rejected[0]["reason"]
-    assert entry["best"] != wrong[0].to_json()
-
-    timed: list[Any] = []
-    monkeypatch.setattr(knobs_mod, "_time", lambda *a: timed.append(a) or (1.0, ""))
-    again = tune_model(model, backend="host", trials=4, db_root=db, runner="local")
-    assert again.knobs[0].measured_now == 0 and not timed  # resumed: nothing re-measured
+    _, entry, store_path = tune_rejects_one_and_resumes(model, db, wrong, monkeypatch)
     monkeypatch.setattr(knobs_mod, "cpu_kernel", real_kernel)
 
     # force a non-default verified winner so the assertion below can tell stored from default knobs
