@@ -41,7 +41,9 @@ def _banana_runner(model: str, out: Path, tuning_db: Path | None) -> tuple[Calla
     from banana.compiler.artifact import Artifact
     from banana.compiler.pipeline import compile_model
     from banana.compiler.zoo import example_inputs
+    from banana.targets.host import configure_host_threads
 
+    configure_host_threads()  # every core, as onnxruntime and torch get (TVM alone would halve x86 vCPUs)
     result = compile_model(f"zoo:{model}", backend="host", out=out, tuning_db=tuning_db)
     artifact = Artifact.open(out)
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.path("model.so"))), tvm.cpu())

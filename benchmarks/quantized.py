@@ -101,7 +101,9 @@ def banana_runner(path: Path, out: Path) -> tuple[Callable[[], None], dict]:
 
     from banana.compiler.artifact import Artifact
     from banana.compiler.pipeline import compile_model
+    from banana.targets.host import configure_host_threads
 
+    configure_host_threads()  # every core, as onnxruntime gets (TVM alone would halve x86 vCPUs)
     result = compile_model(path, backend="host", out=out)
     artifact = Artifact.open(out)
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.path(artifact.manifest["entry"]["library"]))),

@@ -225,4 +225,46 @@ def host_target() -> dict[str, Any]:
     """TVM target dict for this machine; ``mcpu`` is resolved here because TVM ignores "native"."""
     from tvm.target import codegen
 
-    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": host_cores()}
+
+
+def host_cores(cpus: set[int] | None = None, sysfs: Path = SYSFS_CPU0.parent) -> int:
+    """Physical cores this process may run on: its CPU affinity set, SMT siblings counted once.
+
+    Why not ``os.cpu_count()``: a container or ``taskset`` may allow fewer CPUs, and two hyper-threads
+    of one core share its FMA ports (a second thread per core buys a GEMM nothing). Where sysfs has no
+    topology every allowed CPU counts as a core."""
+    allowed = cpus if cpus is not None else (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity")
+                                              else set(range(os.cpu_count() or 1)))
+    cores: set[tuple[str, str] | int] = set()
+    for cpu in allowed:
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(cpu)
+    return max(1, len(cores))
+
+
+#: TVM's runtime reads this once, when its thread pool starts (the first parallel kernel).
+THREADS_ENV = "TVM_NUM_THREADS"
+
+
+def configure_host_threads() -> int:
+    """Size TVM's CPU thread pool to :func:`host_cores` unless the user chose (``TVM_NUM_THREADS``).
+
+    Why: without the variable TVM starts ``logical CPUs / 2`` workers on every x86 machine (it assumes
+    two hyper-threads per core). On a VM or CI runner whose vCPUs are whole cores (this 2-vCPU host:
+    one thread per core) every parallel kernel then ran on one thread and still paid the fork/join:
+    small DiT 99 ms instead of 56 ms, the 256x384x384 GEMM 0.90 vs 0.48 ms. The pool is sized once,
+    at its first use, so this must run before a compiled model first runs in the process (and before
+    a tuning runner's worker processes start: they inherit the environment). Returns the thread count
+    the pool will use."""
+    chosen = os.environ.get(THREADS_ENV)
+    if chosen and chosen.strip().isdigit() and int(chosen) > 0:
+        return int(chosen)
+    threads = host_cores()
+    os.environ[THREADS_ENV] = str(threads)
+    logger.debug("TVM thread pool: %d threads (%s unset)", threads, THREADS_ENV)
+    return threads

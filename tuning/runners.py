@@ -64,6 +64,9 @@ def make_runner(spec: RunnerSpec, backend: str, soc: Any = None, target: Any = N
 
     check_runner(spec, backend)
     if spec.kind == "local":
+        from banana.targets.host import configure_host_threads
+
+        configure_host_threads()  # the runner's worker processes inherit it: time candidates on every core
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator_config())
     if spec.kind == "rpc":
         config = ms.runner.RPCConfig(tracker_host=spec.host, tracker_port=spec.port, tracker_key=spec.key,

@@ -211,6 +211,9 @@ def time_whole_call(executable: Any, args: list[np.ndarray], repeats: int, clock
     import tvm
     from tvm import relax
 
+    from banana.targets.host import configure_host_threads
+
+    configure_host_threads()  # keeps a caller's TVM_NUM_THREADS=1 (the thread-cpu clock)
     device = tvm.cpu()
     vm = relax.VirtualMachine(executable, device)
     tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]

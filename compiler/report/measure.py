@@ -56,6 +56,9 @@ def measure_vm(executable: Any, args: Sequence[np.ndarray], kernels: set[str], r
     import tvm
     from tvm import relax
 
+    from banana.targets.host import configure_host_threads
+
+    configure_host_threads()
     device = tvm.cpu()
     vm = relax.VirtualMachine(executable, device)
     tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]

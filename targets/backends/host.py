@@ -123,6 +123,9 @@ def run_in_process(artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.
     import tvm
     from tvm import relax
 
+    from banana.targets.host import configure_host_threads
+
+    configure_host_threads()
     library = artifact.path(artifact.manifest["entry"]["library"])
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).

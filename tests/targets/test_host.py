@@ -13,7 +13,15 @@ from tvm import te
 from tvm.target import codegen
 
 from banana.compiler.errors import BadConfigError
-from banana.targets.host import _features, _read_cpuinfo, host_soc, host_target, measure_dram_bandwidth
+from banana.targets.host import (
+    _features,
+    _read_cpuinfo,
+    configure_host_threads,
+    host_cores,
+    host_soc,
+    host_target,
+    measure_dram_bandwidth,
+)
 from banana.targets.soc import cpu_target
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -91,3 +99,46 @@ def test_cpu_target_refuses_the_host():
         pytest.skip("host is arm64")
     with pytest.raises(BadConfigError, match="host_target"):
         cpu_target(host_soc())
+
+
+def _fake_topology(root: Path, cpus: dict[int, tuple[str, str] | None]) -> Path:
+    for cpu, ids in cpus.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        if ids is not None:
+            (topology / "physical_package_id").write_text(ids[0] + "\n")
+            (topology / "core_id").write_text(ids[1] + "\n")
+    return root
+
+
+def test_host_cores_counts_smt_siblings_once(tmp_path):
+    sysfs = _fake_topology(tmp_path, {0: ("0", "0"), 1: ("0", "1"), 2: ("0", "0"), 3: ("0", "1")})
+    assert host_cores({0, 1, 2, 3}, sysfs) == 2
+    assert host_cores({0, 2}, sysfs) == 1  # an affinity set of two siblings is one core
+
+
+def test_host_cores_counts_cpus_without_topology(tmp_path):
+    sysfs = _fake_topology(tmp_path, {0: None, 1: None, 2: ("0", "0")})
+    assert host_cores({0, 1, 2}, sysfs) == 3
+
+
+def test_configure_host_threads_keeps_the_users_choice(monkeypatch):
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
+    assert configure_host_threads() == 3
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    assert configure_host_threads() == host_cores()
+    assert os.environ["TVM_NUM_THREADS"] == str(host_cores())
+
+
+def test_compiled_models_run_on_every_core_of_this_host(tmp_path):
+    """TVM alone starts logical CPUs / 2 threads on x86; an artifact run through banana uses every core."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, tvm\n"
+            "from banana.targets.host import configure_host_threads\n"
+            "configure_host_threads()\n"
+            "print(tvm.get_global_func('runtime.NumThreads')())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert int(out.stdout.split()[-1]) == host_cores()
