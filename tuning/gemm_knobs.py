@@ -38,7 +38,7 @@ from banana.kernels.f32_gemm import (
     outer_tile_fits,
     target_traits,
 )
-from banana.tuning.knobs import KnobKernel, canonical, load_best_knobs
+from banana.tuning.knobs import KnobKernel, as_deployed, canonical, load_best_knobs
 
 KIND = "f32_gemm"
 MAX_GEMM_CANDIDATES = 12
@@ -128,7 +128,7 @@ def gemm_module(spec: GemmSpec, target: tvm.target.Target | dict[str, Any], knob
     """The kernel built with ``knobs`` (explicitly, also for the defaults) as ``main`` of a module."""
     func = f32_gemm_primfunc(spec.m, spec.n, spec.k, target=target, transpose_b=spec.transpose_b, bias=spec.bias,
                              tile=knobs.tile, k_block=knobs.k_block)
-    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    return as_deployed(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
 
 
 def gemm_specs(mod: tvm.IRModule, target: dict[str, Any]) -> list[GemmSpec]:

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm.target import codegen
 
 from banana.compiler.cli import main
+from banana.compiler.passes.small_kernels import serialize_small_kernels
 from banana.kernels.f32_gemm import f32_gemm_primfunc, outer_tile_fits
 from banana.tuning import gemm_knobs as gemm_mod
 from banana.tuning.gemm_knobs import (
@@ -63,8 +64,17 @@ def test_explicit_default_knobs_build_the_default_kernel() -> None:
     """Applying stored default knobs must not change the kernel (a build without tuning is the reference)."""
     for spec in (SPEC, GemmSpec(256, 384, 1536, False, True), GemmSpec(64, 40, 48, True, False)):
         plain = f32_gemm_primfunc(spec.m, spec.n, spec.k, target=HOST, transpose_b=spec.transpose_b, bias=spec.bias)
+        plain = serialize_small_kernels()(tvm.IRModule({"main": plain}))["main"]  # as the LLVM pipeline ships it
         explicit = gemm_module(spec, HOST, default_gemm_knobs(spec, HOST))["main"].without_attr("global_symbol")
         tvm.ir.assert_structural_equal(plain, explicit)
+
+
+def test_knob_candidates_are_timed_as_the_build_ships_them() -> None:
+    """A small GEMM is serial in the built model, so its knob candidates are timed serial too; a large one
+    keeps its parallel loop (timing a fork/join the model never pays ranked launch overheads)."""
+    small, large = GemmSpec(16, 32, 128, False, True), GemmSpec(256, 384, 384, False, True)
+    assert "T.parallel" not in gemm_module(small, HOST, default_gemm_knobs(small, HOST)).script()
+    assert "T.parallel" in gemm_module(large, HOST, default_gemm_knobs(large, HOST)).script()
     assert not GemmSpec(8, 64, 64, transpose_b=True, bias=False).tunable  # the dot kernel has no searched knobs
 
 
