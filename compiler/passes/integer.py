@@ -95,7 +95,10 @@ class IntegerLowering:
 
     def to_json(self) -> dict[str, Any]:
         fallbacks = [r.name for r in self.layers if r.epilogue == "float-fallback"]
-        return {"layers": [r.to_json() for r in self.layers], "float_fallbacks": fallbacks}
+        out: dict[str, Any] = {"layers": [r.to_json() for r in self.layers], "float_fallbacks": fallbacks}
+        if self.steps:
+            out["steps"] = self.steps
+        return out
 
 
 # -- TE pieces (arithmetic identical to integer_reference) ------------------------------------------------

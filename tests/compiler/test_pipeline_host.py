@@ -12,7 +12,7 @@ from banana.compiler.artifact import Artifact
 from banana.compiler.cli import main
 from banana.compiler.errors import ArtifactError
 from banana.compiler.pipeline import compile_model
-from banana.compiler.verify import compare, onnxruntime_outputs, random_inputs, verify_artifact
+from banana.compiler.verify import compare, onnxruntime_outputs, quantisation_steps, random_inputs, verify_artifact
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,12 @@ def test_verify_refuses_a_different_model(host_artifact: tuple[Path, Path], tmp_
     other = make_mlp_model(tmp_path / "other.onnx", seed=1)
     with pytest.raises(ArtifactError, match="not the model this artifact was compiled from"):
         verify_artifact(Artifact.open(out), model_path=other)
+
+
+def test_quantisation_steps_count_8bit_steps_of_the_reference_range() -> None:
+    ref = np.array([-1.0, 0.0, 1.55], dtype=np.float32)  # range 2.55: one step 0.01
+    assert quantisation_steps(ref + np.float32(0.025), ref) == pytest.approx(2.5, rel=1e-4)
+    assert quantisation_steps(ref, ref) == 0.0
 
 
 def test_compare_uses_scale_of_reference() -> None:

@@ -18,7 +18,7 @@ import pytest
 from banana.compiler.artifact import Artifact
 from banana.compiler.passes.integer_verify import check_taps, onnxruntime_divergence, reference_regions
 from banana.compiler.pipeline import compile_model
-from banana.compiler.verify import onnxruntime_outputs, random_inputs
+from banana.compiler.verify import QDQ_RTOL, onnxruntime_outputs, random_inputs, step_runs
 from banana.targets.backends import get_backend
 
 STEPS = 4
@@ -125,8 +125,30 @@ def test_nano_steps_verify_and_out_of_range(exports, tmp_path: Path) -> None:
     result = compile_model(exports["w8a8"], backend="host", out=tmp_path / "art", verify=True)
     assert result.verify.ok, result.verify
     artifact = Artifact.open(tmp_path / "art")
+    assert artifact.manifest["integer"]["steps"] == STEPS
+    # verify ran every step against onnxruntime, not only step 0
+    assert [c.name for c in result.verify.comparisons] == [f"{o.name}@step{s}" for s in range(STEPS)
+                                                            for o in artifact.outputs]
+    # beyond one step only within the tie-cascade bound, and then named in the report's note
+    assert all(c.max_rel <= QDQ_RTOL for c in result.verify.comparisons)
+    if "cascade" in result.verify.note:
+        named = result.verify.note.split("cascade bound")[1]
+        assert any(f"{c.name} " in named for c in result.verify.comparisons), result.verify.note
     with pytest.raises(Exception, match=f"'step' is out of range.*steps 0..{STEPS - 1}"):
         get_backend("host").run(artifact, _inputs(artifact, STEPS))
+
+
+def test_step_runs_feed_every_step_the_same_inputs() -> None:
+    from banana.compiler.frontend.importer import TensorSpec
+
+    specs = [TensorSpec("x", (2,), "float32"), TensorSpec("step", (), "int32")]
+    arrays = random_inputs(specs, 3)
+    runs = step_runs(specs, arrays, 3)
+    assert [suffix for suffix, _ in runs] == ["@step0", "@step1", "@step2"]
+    assert [int(a[1]) for _, a in runs] == [0, 1, 2] and all(a[1].dtype == np.int32 for _, a in runs)
+    assert all(a[0] is arrays[0] for _, a in runs)
+    assert step_runs(specs, arrays, 0) == [("", arrays)]  # constant scales: one run as drawn
+    assert step_runs(specs[:1], arrays[:1], 3) == [("", arrays[:1])]  # no step input
 
 
 def test_random_inputs_give_step_a_valid_value() -> None:
