@@ -36,17 +36,16 @@ import numpy as np
 
 def _banana_runner(model: str, out: Path, tuning_db: Path | None) -> tuple[Callable[[], None], dict]:
     import tvm
-    from tvm import relax
 
     from banana.compiler.artifact import Artifact
     from banana.compiler.pipeline import compile_model
     from banana.compiler.zoo import example_inputs
-    from banana.targets.host import configure_host_threads
+    from banana.targets.host import host_vm
 
-    configure_host_threads()  # every core, as onnxruntime and torch get (TVM alone would halve x86 vCPUs)
     result = compile_model(f"zoo:{model}", backend="host", out=out, tuning_db=tuning_db)
     artifact = Artifact.open(out)
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.path("model.so"))), tvm.cpu())
+    # every core, as onnxruntime and torch get (TVM alone would halve x86 vCPUs)
+    vm = host_vm(tvm.runtime.load_module(str(artifact.path("model.so"))))
     inputs = example_inputs(model)
     args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec["name"]])) for spec in artifact.manifest["inputs"]]
     args += [tvm.runtime.tensor(w) for w in artifact.load_weights()]

@@ -97,17 +97,15 @@ def _inputs(model: str = "nano-dit") -> dict[str, np.ndarray]:
 
 def banana_runner(path: Path, out: Path) -> tuple[Callable[[], None], dict]:
     import tvm
-    from tvm import relax
 
     from banana.compiler.artifact import Artifact
     from banana.compiler.pipeline import compile_model
-    from banana.targets.host import configure_host_threads
+    from banana.targets.host import host_vm
 
-    configure_host_threads()  # every core, as onnxruntime gets (TVM alone would halve x86 vCPUs)
     result = compile_model(path, backend="host", out=out)
     artifact = Artifact.open(out)
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.path(artifact.manifest["entry"]["library"]))),
-                              tvm.cpu())
+    # every core, as onnxruntime gets (TVM alone would halve x86 vCPUs)
+    vm = host_vm(tvm.runtime.load_module(str(artifact.path(artifact.manifest["entry"]["library"]))))
     feed = _inputs()
     args = [tvm.runtime.tensor(feed[spec["name"]]) for spec in artifact.manifest["inputs"]]
     args += [tvm.runtime.tensor(w) for w in artifact.load_weights()]

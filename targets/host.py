@@ -268,3 +268,15 @@ def configure_host_threads() -> int:
     os.environ[THREADS_ENV] = str(threads)
     logger.debug("TVM thread pool: %d threads (%s unset)", threads, THREADS_ENV)
     return threads
+
+
+def host_vm(executable: Any) -> Any:
+    """A Relax VM on this machine's CPU, its thread pool sized first (:func:`configure_host_threads`).
+
+    Every in-process run, measurement and benchmark builds its VM here, so none can start TVM's pool
+    at half the cores. A caller's own ``TVM_NUM_THREADS`` (e.g. 1 for a thread-CPU clock) is kept."""
+    import tvm
+    from tvm import relax
+
+    configure_host_threads()
+    return relax.VirtualMachine(executable, tvm.cpu())

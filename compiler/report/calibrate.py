@@ -209,13 +209,11 @@ def time_whole_call(executable: Any, args: list[np.ndarray], repeats: int, clock
     import time
 
     import tvm
-    from tvm import relax
 
-    from banana.targets.host import configure_host_threads
+    from banana.targets.host import host_vm
 
-    configure_host_threads()  # keeps a caller's TVM_NUM_THREADS=1 (the thread-cpu clock)
     device = tvm.cpu()
-    vm = relax.VirtualMachine(executable, device)
+    vm = host_vm(executable)  # keeps a caller's TVM_NUM_THREADS=1 (the thread-cpu clock)
     tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
     vm.save_function("main", "banana_calibrate", *tensors)
     call = vm["banana_calibrate"]

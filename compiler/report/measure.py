@@ -54,13 +54,11 @@ def measure_vm(executable: Any, args: Sequence[np.ndarray], kernels: set[str], r
     ``kernels`` are the PrimFunc names to record (VM builtins such as reshape are skipped).
     """
     import tvm
-    from tvm import relax
 
-    from banana.targets.host import configure_host_threads
+    from banana.targets.host import host_vm
 
-    configure_host_threads()
     device = tvm.cpu()
-    vm = relax.VirtualMachine(executable, device)
+    vm = host_vm(executable)
     tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
     vm.save_function(entry, "banana_timed", *tensors)
     timer = vm.time_evaluator("banana_timed", device, number=1, repeat=repeats, min_repeat_ms=0)

@@ -121,13 +121,11 @@ def strip_library(path: Path, strip: str) -> None:
 
 def run_in_process(artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     import tvm
-    from tvm import relax
 
-    from banana.targets.host import configure_host_threads
+    from banana.targets.host import host_vm
 
-    configure_host_threads()
     library = artifact.path(artifact.manifest["entry"]["library"])
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    vm = host_vm(tvm.runtime.load_module(str(library)))
     # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).
     args = [tvm.runtime.tensor(np.require(a, requirements="C")) for a in [*inputs, *artifact.load_weights()]]
     result = vm[artifact.manifest["entry"]["function"]](*args)
